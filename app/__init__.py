@@ -1,0 +1,51 @@
+"""The application factory."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+
+from app import config
+from app.extensions import csrf, db, limiter, login_manager, migrate
+
+ROOT = config.ROOT
+
+
+def create_app(overrides: dict[str, Any] | None = None) -> Flask:
+    settings = config.load(overrides)
+    app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"),
+                instance_path=settings["INSTANCE_DIR"])
+    app.config.update(settings)
+    logging.basicConfig(level=app.config["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(ROOT / "migrations"), render_as_batch=True)
+    csrf.init_app(app)
+    limiter.init_app(app)
+    login_manager.init_app(app)
+
+    from app import models  # noqa: F401  (the whole schema, for Alembic)
+    from app import errors, security, web
+    from app.services import mail
+
+    security.init_app(app)
+    errors.init_app(app)
+    web.init_app(app)
+    mail.init_app(app)
+
+    from app.account.routes import bp as account_bp
+    from app.auth.routes import bp as auth_bp
+    from app.main.routes import bp as main_bp
+    from app.policy.routes import bp as policy_bp
+    from app.staff.routes import bp as staff_bp
+
+    app.register_blueprint(main_bp)
+    app.register_blueprint(auth_bp)
+    app.register_blueprint(account_bp, url_prefix="/account")
+    app.register_blueprint(policy_bp)
+    app.register_blueprint(staff_bp, url_prefix="/staff")
+
+    from app.cli import register
+    register(app)
+    return app

@@ -1,0 +1,93 @@
+"""flask commands: users, audit, mail, policy, settings."""
+from __future__ import annotations
+
+import sys
+
+import click
+import sqlalchemy as sa
+from flask import Flask, current_app
+
+from app.extensions import db
+
+
+def register(app: Flask) -> None:
+    @app.cli.group()
+    def users():
+        """Manage accounts."""
+
+    def _set_staff(email: str, value: bool) -> None:
+        from app.services.accounts import find_by_email
+        from app.services.audit import record_event
+
+        user = find_by_email(email)
+        if user is None:
+            raise click.ClickException(f"no account with the address {email}")
+        user.is_staff = value
+        record_event(None, "staff:role:granted" if value else "staff:role:revoked", subject=user,
+                     via="cli")
+        db.session.commit()
+        click.echo(f"{user.email} is {'now' if value else 'no longer'} staff")
+
+    @users.command("grant-staff")
+    @click.argument("email")
+    def grant_staff(email):
+        """Give EMAIL's account the staff role."""
+        _set_staff(email, True)
+
+    @users.command("revoke-staff")
+    @click.argument("email")
+    def revoke_staff(email):
+        """Take the staff role from EMAIL's account."""
+        _set_staff(email, False)
+
+    @app.cli.group()
+    def audit():
+        """The tamper-evident audit log."""
+
+    @audit.command("verify")
+    def audit_verify():
+        """Check every link of the chain; report the first broken one."""
+        from app.services.audit import verify_chain
+
+        report = verify_chain()
+        if report.ok:
+            click.echo(f"audit log OK: {report.checked} events, chain intact")
+        else:
+            click.echo(f"audit log BROKEN at event {report.broken_at}: {report.reason} "
+                       f"({report.checked} events before it are intact)")
+            sys.exit(1)
+
+    @app.cli.group()
+    def mail():
+        """The mail outbox."""
+
+    @mail.command("send")
+    def mail_send():
+        """Send every due message in the outbox now."""
+        from app.services.mail import deliver_pending
+
+        total = 0
+        while n := deliver_pending(current_app._get_current_object()):
+            total += n
+        click.echo(f"sent {total} message(s)")
+
+    @app.cli.group()
+    def policy():
+        """The privacy policy."""
+
+    @policy.command("sync")
+    def policy_sync():
+        """Publish the policy as the current settings render it, if that text is new."""
+        from app.services.policy import current_version
+
+        v = current_version()
+        click.echo(f"privacy policy version {v.number} is current")
+
+    @app.cli.command("settings")
+    def settings_table():
+        """Print every setting as a Markdown table (for the README)."""
+        from app.config import SETTINGS
+
+        click.echo("| Setting | Default | What it does |\n|---|---|---|")
+        for name, default, doc in SETTINGS:
+            click.echo(f"| `{name}` | `{default}` | {doc} |")

@@ -1,0 +1,158 @@
+"""Every setting the portal reads, from the environment, in one place.
+
+Each entry of SETTINGS is (environment name, default, description); the README's
+settings table is generated from the same list (`flask settings`), so the two
+cannot drift. The embedded default needs nothing set: SQLite and a generated
+SECRET_KEY in ``instance/``, mail written to ``instance/mail/``.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# (name, default, what it does). Defaults are strings as they would appear in
+# the environment; `load()` converts them.
+SETTINGS: list[tuple[str, str, str]] = [
+    ("SECRET_KEY", "(generated into instance/secret_key, mode 0600)",
+     "Signs session cookies and emailed links; derives the key that encrypts TOTP secrets."),
+    ("DATABASE_URL", "sqlite:///instance/relay.db",
+     "SQLAlchemy URL. PostgreSQL: postgresql+psycopg://user:pass@host/db."),
+    ("INSTANCE_PATH", "instance/", "Folder for the SQLite file, the generated secret and file mail."),
+    ("SITE_NAME", "Relay", "Product name shown in pages, mail and the privacy policy."),
+    ("BASE_URL", "http://127.0.0.1:8000",
+     "Public address used in emailed links (no trailing slash)."),
+    ("SESSION_COOKIE_SECURE", "true",
+     "Send the session cookie over HTTPS only. `make run` sets false for plain-http local use."),
+    ("SESSION_LIFETIME_HOURS", "336", "A login lasts this long without activity (default 14 days)."),
+    ("REAUTH_WINDOW_MINUTES", "10",
+     "Dangerous actions (2FA off, email or password change) need a login this recent."),
+    ("MIN_AGE", "18", "Minimum age a person must confirm at signup (P03)."),
+    ("PASSWORD_MIN_LENGTH", "10", "Shortest accepted password."),
+    ("PASSWORD_MAX_LENGTH", "128", "Longest accepted password."),
+    ("VERIFY_LINK_HOURS", "48", "An email verification link expires after this many hours."),
+    ("RESET_LINK_MINUTES", "60", "A password reset link expires after this many minutes."),
+    ("MAGIC_LINK_MINUTES", "15", "A passwordless sign-in link expires after this many minutes (P05)."),
+    ("ARGON2_TIME_COST", "3", "Argon2id iterations; a change rehashes passwords on next login (P01)."),
+    ("ARGON2_MEMORY_COST", "65536", "Argon2id memory in KiB."),
+    ("ARGON2_PARALLELISM", "4", "Argon2id lanes."),
+    ("RATELIMIT_STORAGE_URI", "memory://",
+     "Flask-Limiter storage. Use redis://host:port/0 when running several processes."),
+    ("RATELIMIT_AUTH", "10 per minute;50 per hour",
+     "Limit on login, signup, reset and magic-link requests, per client address and per account."),
+    ("RATELIMIT_RESEND", "3 per hour", "Limit on resending the verification mail, per account."),
+    ("MAIL_FROM", "Relay <no-reply@relay.local>", "From: address of every message."),
+    ("MAIL_TRANSPORT", "file",
+     "file (writes .eml files into MAIL_DIR), console (logs that a message went out), or smtp."),
+    ("MAIL_DIR", "instance/mail/", "Where the file transport writes messages."),
+    ("SMTP_HOST", "localhost", "SMTP server for the smtp transport."),
+    ("SMTP_PORT", "25", "SMTP port."),
+    ("SMTP_USERNAME", "", "SMTP login, if the server needs one."),
+    ("SMTP_PASSWORD", "", "SMTP password."),
+    ("SMTP_STARTTLS", "false", "Upgrade the SMTP connection with STARTTLS."),
+    ("MAIL_WORKER", "thread",
+     "thread: each web process sends queued mail in the background; off: only `flask mail send`."),
+    ("MAIL_MAX_ATTEMPTS", "8", "A message is retried with backoff this many times, then marked failed."),
+    ("PRIVACY_CONTACT", "privacy@relay.local", "Where people send privacy requests; shown in the policy."),
+    ("COMPANY_NAME", "Relay operator", "The controller named in the privacy policy."),
+    ("SUB_PROCESSORS", "Stripe (payments, US);OpenAI (model provider, US);Anthropic (model provider, US)",
+     "Semicolon-separated list shown in the privacy policy."),
+    ("METADATA_RETENTION_DAYS", "90", "Per-request metadata is kept this many days (P60)."),
+    ("AGGREGATE_RETENTION_MONTHS", "13", "Daily usage aggregates are kept this many months (P60)."),
+    ("AUDIT_RETENTION_DAYS", "90", "Audit log rows are kept this many days (P60)."),
+    ("BILLING_RETENTION_YEARS", "7", "Billing records are kept this many years (P52, P60)."),
+    ("LOG_LEVEL", "INFO", "Python logging level."),
+]
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _instance_secret(instance: Path) -> str:
+    """Read, or create once with mode 0600, the secret for a deployment that set none."""
+    path = instance / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    instance.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value)
+    return value
+
+
+def load(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build the Flask config mapping from the environment, then `overrides` (tests)."""
+    overrides = dict(overrides or {})
+    raw = {name: os.environ.get(name, default) for name, default, _ in SETTINGS}
+    raw.update({k: v for k, v in overrides.items() if isinstance(v, str) and k in raw})
+
+    instance = Path(raw["INSTANCE_PATH"])
+    if not instance.is_absolute():
+        instance = ROOT / instance
+    instance.mkdir(parents=True, exist_ok=True)
+
+    secret = overrides.get("SECRET_KEY") or os.environ.get("SECRET_KEY") or _instance_secret(instance)
+
+    db_url = raw["DATABASE_URL"]
+    if db_url == "sqlite:///instance/relay.db":
+        db_url = f"sqlite:///{instance / 'relay.db'}"
+    mail_dir = Path(raw["MAIL_DIR"])
+    if not mail_dir.is_absolute():
+        mail_dir = instance / "mail" if raw["MAIL_DIR"] == "instance/mail/" else ROOT / mail_dir
+
+    cfg: dict[str, Any] = {
+        "SECRET_KEY": secret,
+        "INSTANCE_DIR": str(instance),
+        "SQLALCHEMY_DATABASE_URI": db_url,
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "SITE_NAME": raw["SITE_NAME"],
+        "BASE_URL": raw["BASE_URL"].rstrip("/"),
+        # P02: one cookie, HttpOnly, Secure, SameSite=Lax.
+        "SESSION_COOKIE_NAME": "session",
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SECURE": _bool(raw["SESSION_COOKIE_SECURE"]),
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "PERMANENT_SESSION_LIFETIME": int(raw["SESSION_LIFETIME_HOURS"]) * 3600,
+        "REMEMBER_COOKIE_NAME": "session",  # Flask-Login's remember cookie is never set
+        "REAUTH_WINDOW_MINUTES": int(raw["REAUTH_WINDOW_MINUTES"]),
+        "MIN_AGE": int(raw["MIN_AGE"]),
+        "PASSWORD_MIN_LENGTH": int(raw["PASSWORD_MIN_LENGTH"]),
+        "PASSWORD_MAX_LENGTH": int(raw["PASSWORD_MAX_LENGTH"]),
+        "VERIFY_LINK_HOURS": int(raw["VERIFY_LINK_HOURS"]),
+        "RESET_LINK_MINUTES": int(raw["RESET_LINK_MINUTES"]),
+        "MAGIC_LINK_MINUTES": int(raw["MAGIC_LINK_MINUTES"]),
+        "ARGON2_TIME_COST": int(raw["ARGON2_TIME_COST"]),
+        "ARGON2_MEMORY_COST": int(raw["ARGON2_MEMORY_COST"]),
+        "ARGON2_PARALLELISM": int(raw["ARGON2_PARALLELISM"]),
+        "RATELIMIT_STORAGE_URI": raw["RATELIMIT_STORAGE_URI"],
+        "RATELIMIT_AUTH": raw["RATELIMIT_AUTH"],
+        "RATELIMIT_RESEND": raw["RATELIMIT_RESEND"],
+        "RATELIMIT_HEADERS_ENABLED": False,
+        "MAIL_FROM": raw["MAIL_FROM"],
+        "MAIL_TRANSPORT": raw["MAIL_TRANSPORT"],
+        "MAIL_DIR": str(mail_dir),
+        "SMTP_HOST": raw["SMTP_HOST"],
+        "SMTP_PORT": int(raw["SMTP_PORT"]),
+        "SMTP_USERNAME": raw["SMTP_USERNAME"],
+        "SMTP_PASSWORD": raw["SMTP_PASSWORD"],
+        "SMTP_STARTTLS": _bool(raw["SMTP_STARTTLS"]),
+        "MAIL_WORKER": raw["MAIL_WORKER"],
+        "MAIL_MAX_ATTEMPTS": int(raw["MAIL_MAX_ATTEMPTS"]),
+        "PRIVACY_CONTACT": raw["PRIVACY_CONTACT"],
+        "COMPANY_NAME": raw["COMPANY_NAME"],
+        "SUB_PROCESSORS": [s.strip() for s in raw["SUB_PROCESSORS"].split(";") if s.strip()],
+        "METADATA_RETENTION_DAYS": int(raw["METADATA_RETENTION_DAYS"]),
+        "AGGREGATE_RETENTION_MONTHS": int(raw["AGGREGATE_RETENTION_MONTHS"]),
+        "AUDIT_RETENTION_DAYS": int(raw["AUDIT_RETENTION_DAYS"]),
+        "BILLING_RETENTION_YEARS": int(raw["BILLING_RETENTION_YEARS"]),
+        "LOG_LEVEL": raw["LOG_LEVEL"],
+        "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session
+        "WTF_CSRF_SSL_STRICT": False,  # Referer checks break behind some proxies; SameSite + token suffice
+    }
+    cfg.update({k: v for k, v in overrides.items() if k not in raw or not isinstance(v, str)})
+    return cfg

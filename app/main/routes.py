@@ -1,0 +1,25 @@
+"""The home page and the signed-in dashboard."""
+from flask import Blueprint, redirect, render_template, url_for
+from flask_login import current_user, login_required
+
+from app.auth.forms import EmptyForm
+
+bp = Blueprint("main", __name__)
+
+
+@bp.route("/")
+def index():
+    if current_user.is_authenticated:
+        return redirect(url_for("main.dashboard"))
+    return render_template("main/index.html")
+
+
+@bp.route("/dashboard")
+@login_required
+def dashboard():
+    return render_template("main/dashboard.html", form=EmptyForm())
+
+
+@bp.route("/healthz")
+def healthz():
+    return {"status": "ok"}

@@ -1,0 +1,166 @@
+"""Mail through a durable outbox.
+
+`queue()` adds a message to the current transaction, so it is sent if and only
+if the change that caused it commits. A sender (`deliver_pending`) claims due
+rows, hands them to the configured transport (SMTP, a folder of .eml files, or
+the log) and retries failures with exponential backoff. Each web process runs
+one sender thread that wakes on commit and every few seconds; `flask mail send`
+does the same from cron or by hand.
+"""
+from __future__ import annotations
+
+import logging
+import smtplib
+import threading
+from datetime import timedelta
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+
+import sqlalchemy as sa
+from flask import Flask, current_app, render_template
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from app.extensions import db
+from app.models import OutboxMessage
+from app.models.types import utcnow
+
+log = logging.getLogger(__name__)
+CLAIM = timedelta(seconds=120)
+
+
+def queue(to_addr: str, kind: str, subject: str, template: str, **context) -> OutboxMessage:
+    """Render `mail/<template>.txt` and add it to the outbox in this transaction."""
+    context.setdefault("site_name", current_app.config["SITE_NAME"])
+    context.setdefault("base_url", current_app.config["BASE_URL"])
+    body = render_template(f"mail/{template}.txt", **context)
+    msg = OutboxMessage(kind=kind, to_addr=to_addr, subject=subject, body_text=body)
+    db.session.add(msg)
+    db.session.info["mail_queued"] = True
+    return msg
+
+
+def _build(app: Flask, row: OutboxMessage) -> EmailMessage:
+    em = EmailMessage()
+    em["From"] = app.config["MAIL_FROM"]
+    em["To"] = row.to_addr
+    em["Subject"] = row.subject
+    em["Date"] = formatdate(localtime=False)
+    em["Message-ID"] = make_msgid(domain="relay.local")
+    em["Auto-Submitted"] = "auto-generated"
+    em.set_content(row.body_text)
+    return em
+
+
+def _send(app: Flask, em: EmailMessage) -> None:
+    transport = app.config["MAIL_TRANSPORT"]
+    if transport == "smtp":
+        with smtplib.SMTP(app.config["SMTP_HOST"], app.config["SMTP_PORT"], timeout=20) as smtp:
+            if app.config["SMTP_STARTTLS"]:
+                smtp.starttls()
+            if app.config["SMTP_USERNAME"]:
+                smtp.login(app.config["SMTP_USERNAME"], app.config["SMTP_PASSWORD"])
+            smtp.send_message(em)
+    elif transport == "file":
+        folder = Path(app.config["MAIL_DIR"])
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = utcnow().strftime("%Y%m%dT%H%M%S%f")
+        path = folder / f"{stamp}-{em['Message-ID'].strip('<>').split('@')[0]}.eml"
+        path.write_bytes(bytes(em))
+    elif transport == "console":
+        # Only the envelope: the body may hold a sign-in link.
+        log.info("mail to=%s subject=%r (console transport; body not shown)", em["To"], em["Subject"])
+    else:
+        raise RuntimeError(f"unknown MAIL_TRANSPORT {transport!r}")
+
+
+def deliver_pending(app: Flask, limit: int = 50) -> int:
+    """Send due messages; return how many were sent. Safe to run in several
+    processes at once: a row is claimed with a conditional update first."""
+    sent = 0
+    now = utcnow()
+    ids = db.session.scalars(
+        sa.select(OutboxMessage.id).where(
+            OutboxMessage.sent_at.is_(None), OutboxMessage.failed_at.is_(None),
+            OutboxMessage.next_attempt_at <= now,
+            sa.or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < now),
+        ).order_by(OutboxMessage.id).limit(limit)).all()
+    for msg_id in ids:
+        claimed = db.session.execute(
+            sa.update(OutboxMessage).where(
+                OutboxMessage.id == msg_id, OutboxMessage.sent_at.is_(None),
+                sa.or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < now))
+            .values(claimed_until=now + CLAIM)).rowcount
+        db.session.commit()
+        if not claimed:
+            continue
+        row = db.session.get(OutboxMessage, msg_id)
+        row.attempts += 1
+        try:
+            _send(app, _build(app, row))
+        except Exception as exc:  # any transport failure is retried
+            # The class and errno only: an SMTP error can quote the message.
+            row.last_error = f"{type(exc).__name__}: {getattr(exc, 'smtp_code', '') or getattr(exc, 'errno', '') or ''}"[:200]
+            row.claimed_until = None
+            if row.attempts >= app.config["MAIL_MAX_ATTEMPTS"]:
+                row.failed_at = utcnow()
+                log.warning("mail %s failed for good after %s attempts", row.id, row.attempts)
+            else:
+                row.next_attempt_at = utcnow() + timedelta(seconds=min(3600, 5 * 2 ** row.attempts))
+                log.info("mail %s attempt %s failed (%s); will retry", row.id, row.attempts, row.last_error)
+        else:
+            row.sent_at = utcnow()
+            row.body_text = ""  # links are secrets; the sent copy is the person's
+            sent += 1
+        db.session.commit()
+    return sent
+
+
+class MailWorker:
+    """One background sender thread per process, woken after a commit that queued mail."""
+
+    def __init__(self, app: Flask, interval: float = 5.0):
+        self.app = app
+        self.interval = interval
+        self.wake = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    def ensure_started(self) -> None:
+        if self.thread is not None and self.thread.is_alive():
+            return
+        with self.lock:
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name="mail-outbox", daemon=True)
+                self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self.wake.wait(self.interval)
+            self.wake.clear()
+            with self.app.app_context():
+                try:
+                    while deliver_pending(self.app):
+                        pass
+                except Exception:
+                    log.exception("mail sender pass failed; will try again")
+                    db.session.rollback()
+                finally:
+                    db.session.remove()
+
+
+def init_app(app: Flask) -> None:
+    if app.config["MAIL_WORKER"] != "thread":
+        return
+    worker = MailWorker(app)
+    app.extensions["mail_worker"] = worker
+
+    @app.before_request
+    def _start_worker():  # started lazily, in the serving process (after any fork)
+        worker.ensure_started()
+
+    @event.listens_for(Session, "after_commit")
+    def _kick(session):
+        if session.info.pop("mail_queued", False):
+            worker.wake.set()
