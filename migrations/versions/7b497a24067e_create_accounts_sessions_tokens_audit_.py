@@ -77,7 +77,7 @@ def upgrade():
     sa.Column('company', sa.String(length=120), nullable=True),
     sa.Column('email_verified_at', app.models.types.UTCDateTime(), nullable=True),
     sa.Column('age_confirmed_at', app.models.types.UTCDateTime(), nullable=False),
-    sa.Column('is_staff', sa.Boolean(), server_default=sa.text('0'), nullable=False),
+    sa.Column('is_staff', sa.Boolean(), server_default=sa.false(), nullable=False),
     sa.Column('totp_secret_enc', sa.String(length=255), nullable=True),
     sa.Column('totp_enabled_at', app.models.types.UTCDateTime(), nullable=True),
     sa.Column('totp_last_step', sa.BigInteger(), nullable=True),
