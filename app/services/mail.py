@@ -126,6 +126,7 @@ class MailWorker:
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
+        self.stopping = threading.Event()
 
     def ensure_started(self) -> None:
         if self.thread is not None and self.thread.is_alive():
@@ -135,10 +136,20 @@ class MailWorker:
                 self.thread = threading.Thread(target=self._run, name="mail-outbox", daemon=True)
                 self.thread.start()
 
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the thread after its current pass: an app torn down in-process (a
+        test server) must not go on sending mail queued by other apps."""
+        self.stopping.set()
+        self.wake.set()
+        if self.thread is not None:
+            self.thread.join(timeout)
+
     def _run(self) -> None:
-        while True:
+        while not self.stopping.is_set():
             self.wake.wait(self.interval)
             self.wake.clear()
+            if self.stopping.is_set():
+                break
             with self.app.app_context():
                 try:
                     while deliver_pending(self.app):

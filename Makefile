@@ -1,0 +1,47 @@
+# Two commands matter: `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+export FLASK_APP := wsgi
+
+.PHONY: run test test-sqlite test-postgresql setup setup-test system-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+setup-test: $(VENV)/.installed-test
+
+# The portal on http://127.0.0.1:8000 with the embedded defaults: SQLite and a
+# generated secret in instance/, mail written to instance/mail/. Plain http on
+# loopback, so the session cookie's Secure flag is off unless you set it.
+run: setup
+	SESSION_COOKIE_SECURE=$${SESSION_COOKIE_SECURE:-false} $(BIN)/flask db upgrade
+	SESSION_COOKIE_SECURE=$${SESSION_COOKIE_SECURE:-false} $(BIN)/flask policy sync
+	SESSION_COOKIE_SECURE=$${SESSION_COOKIE_SECURE:-false} exec $(BIN)/gunicorn \
+	  --bind $${BIND:-127.0.0.1:8000} --workers $${WORKERS:-2} --threads $${THREADS:-8} \
+	  --worker-class gthread --access-logfile - wsgi:app
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+# The whole suite on SQLite, then again on a real PostgreSQL (+ Redis for rate limits).
+test: setup-test system-deps test-sqlite test-postgresql
+
+test-sqlite:
+	TEST_DB=sqlite $(BIN)/python -m pytest
+
+test-postgresql:
+	TEST_DB=postgresql $(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache
