@@ -82,7 +82,7 @@ def test_unknown_email_costs_about_as_much_as_a_wrong_password(make_app, users):
     app = make_app(ARGON2_TIME_COST="3", ARGON2_MEMORY_COST="65536", ARGON2_PARALLELISM="4")
     with app.app_context():
         from app.services.passwords import hash_password
-            db.session.add(User(email="t@example.com", email_key="t@example.com",
+        db.session.add(User(email="t@example.com", email_key="t@example.com",
                             password_hash=hash_password("right password here"), age_confirmed_at=utcnow()))
         db.session.commit()
         accounts.authenticate("nobody@example.com", "x" * 12)  # warm the decoy hash
