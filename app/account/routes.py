@@ -145,7 +145,8 @@ def totp_setup():
     if current_user.has_totp:
         flash("Two-factor authentication is already on.", "info")
         return redirect(url_for("account.index"))
-    if request.method == "GET" or "totp_pending" not in session:
+    if "totp_pending" not in session:
+        # Kept across reloads, so a reload does not invalidate what was scanned.
         session["totp_pending"] = encrypt(totp.new_secret())
     secret = decrypt(session["totp_pending"])
     form = ConfirmTotpForm()
