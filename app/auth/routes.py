@@ -126,7 +126,9 @@ def login():
 @by_address
 def two_factor():
     pending = session.get("pending_2fa")
-    if not pending or time.time() - pending["at"] > PENDING_2FA_SECONDS:
+    if not pending:
+        return redirect(url_for("auth.login"))
+    if time.time() - pending["at"] > PENDING_2FA_SECONDS:
         session.pop("pending_2fa", None)
         flash("Your sign-in took too long. Please start again.", "info")
         return redirect(url_for("auth.login"))
@@ -139,12 +141,13 @@ def two_factor():
         used = totp.verify_second_factor(user, form.code.data)
         if used:
             record_event(user, "account:login:succeeded", method=pending["method"], second_factor=used)
+            next_url = safe_next(pending.get("next"), url_for("main.dashboard"))
+            begin_login(user, pending["method"] + "+" + used)  # clears the session, so flash after it
             if used == "recovery":
                 left = totp.recovery_codes_left(user)
                 flash(f"You used a recovery code; {left} remain. Make new ones from your account page.",
                       "warning")
-            begin_login(user, pending["method"] + "+" + used)
-            return redirect(safe_next(pending.get("next"), url_for("main.dashboard")))
+            return redirect(next_url)
         record_event(None, "account:2fa:failed", subject=user)
         db.session.commit()
         form.code.errors = ["That code is not right. Use the current code from your app, or a recovery code."]

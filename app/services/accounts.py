@@ -193,7 +193,7 @@ def confirm_email_change(token: str) -> User:
     return user
 
 
-def update_profile(user: User, name: str | None, company: str | None) -> list[str]:
+def update_profile(user: User, name: str | None = None, company: str | None = None) -> list[str]:
     """Rectification of optional profile fields (P04). Returns the fields changed."""
     changed = []
     for field, value in (("name", name), ("company", company)):
