@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 from flask import Flask
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from app import create_app
 from app.extensions import limiter
@@ -23,6 +23,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tests/e2e/" in item.nodeid.replace("\\", "/"):
             item.add_marker(pytest.mark.e2e)
+
+
+class QuietHandler(WSGIRequestHandler):
+    """Log only the requests that failed: they are what a failing test needs."""
+
+    def log_request(self, code="-", size="-"):
+        if isinstance(code, int) and code >= 400:
+            super().log_request(code, size)
 
 
 @dataclass
@@ -44,7 +52,7 @@ def live_server(database_url, smtp, ratelimit_storage, tmp_path_factory):
                               MAIL_WORKER="thread", SESSION_COOKIE_SECURE="false", BASE_URL=url))
     with app.app_context():
         limiter.reset()
-    server = make_server("127.0.0.1", port, app, threaded=True)
+    server = make_server("127.0.0.1", port, app, threaded=True, request_handler=QuietHandler)
     thread = threading.Thread(target=server.serve_forever, name="e2e-server", daemon=True)
     thread.start()
     wait_port(port)
@@ -57,6 +65,13 @@ def live_server(database_url, smtp, ratelimit_storage, tmp_path_factory):
         worker.stop()
     clean_database(app)
     smtp.mailbox.clear()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rate_limits(live_server):
+    """Each test starts with its own budget of login attempts from 127.0.0.1."""
+    with live_server.app.app_context():
+        limiter.reset()
 
 
 @pytest.fixture
