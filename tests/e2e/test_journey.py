@@ -213,6 +213,20 @@ def test_edit_profile_name_in_place(page: Page, live_server, smtp):
     expect(row.locator(".value")).to_have_text("Grace Hopper")
     assert page.evaluate("window.__noReload") is True
 
+    # An htmx save that the server refuses (here: a stale CSRF token) says so
+    # instead of doing nothing, and keeps what was typed.
+    row.get_by_role("link", name="Edit name").click()
+    page.get_by_label("Name", exact=True).fill("Rear Admiral Hopper")
+    page.evaluate("""() => {
+        document.body.setAttribute('hx-headers', '{"X-CSRFToken": "stale"}');
+        document.querySelectorAll('input[name=csrf_token]').forEach(el => el.value = 'stale');
+    }""")
+    row.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("alert")).to_contain_text("This form has expired")
+    expect(page.get_by_label("Name", exact=True)).to_have_value("Rear Admiral Hopper")
+    page.reload()
+    expect(page.locator("#profile-name .value")).to_have_text("Grace Hopper")
+
     # The saved name is the one the rest of the portal uses.
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Dashboard").click()
     expect(page.get_by_role("heading", name="Welcome, Grace Hopper")).to_be_visible()
