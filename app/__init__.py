@@ -46,6 +46,9 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(policy_bp)
     app.register_blueprint(staff_bp, url_prefix="/staff")
 
+    from app.relay import routes as relay
+    relay.init_app(app)
+
     from app.cli import register
     register(app)
     return app

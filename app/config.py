@@ -64,6 +64,21 @@ SETTINGS: list[tuple[str, str, str]] = [
     ("AGGREGATE_RETENTION_MONTHS", "13", "Daily usage aggregates are kept this many months (P60)."),
     ("AUDIT_RETENTION_DAYS", "90", "Audit log rows are kept this many days (P60)."),
     ("BILLING_RETENTION_YEARS", "7", "Billing records are kept this many years (P52, P60)."),
+    ("KEY_REVEAL", "true",
+     "Keep an envelope-encrypted copy of each API key so its owner can reveal it after re-entering "
+     "the password (P11). false: hash only, a lost key must be rotated."),
+    ("KEY_ENCRYPTION_KEY", "(derived from SECRET_KEY)",
+     "Master key (32 bytes, url-safe base64) that wraps each API key's data key."),
+    ("KEY_PREFIX", "rk_", "Start of every API key, so leaked keys are easy to scan for."),
+    ("PROVIDERS_FILE", "",
+     "TOML file naming providers and model routes (see providers.example.toml). Empty: the portal "
+     "runs and the relay answers that no model is configured."),
+    ("REDIS_URL", "", "Redis for rate limits shared by every process (relay and portal); empty: in-process memory."),
+    ("RELAY_KEY_RPM", "600", "Requests per minute per API key, unless the key sets its own (P25)."),
+    ("RELAY_KEY_TPM", "2000000", "Tokens per minute per API key, unless the key sets its own."),
+    ("RELAY_ACCOUNT_RPM", "1200", "Requests per minute per account, over all its keys."),
+    ("RELAY_ACCOUNT_TPM", "4000000", "Tokens per minute per account."),
+    ("RELAY_MAX_BODY_MB", "20", "Largest request body the relay accepts, in MiB."),
     ("LOG_LEVEL", "INFO", "Python logging level."),
 ]
 
@@ -129,7 +144,8 @@ def load(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "ARGON2_TIME_COST": int(raw["ARGON2_TIME_COST"]),
         "ARGON2_MEMORY_COST": int(raw["ARGON2_MEMORY_COST"]),
         "ARGON2_PARALLELISM": int(raw["ARGON2_PARALLELISM"]),
-        "RATELIMIT_STORAGE_URI": raw["RATELIMIT_STORAGE_URI"],
+        "RATELIMIT_STORAGE_URI": (raw["REDIS_URL"] if raw["RATELIMIT_STORAGE_URI"] == "memory://"
+                                  and raw["REDIS_URL"] else raw["RATELIMIT_STORAGE_URI"]),
         "RATELIMIT_AUTH": raw["RATELIMIT_AUTH"],
         "RATELIMIT_RESEND": raw["RATELIMIT_RESEND"],
         "RATELIMIT_HEADERS_ENABLED": False,
@@ -150,6 +166,15 @@ def load(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "AGGREGATE_RETENTION_MONTHS": int(raw["AGGREGATE_RETENTION_MONTHS"]),
         "AUDIT_RETENTION_DAYS": int(raw["AUDIT_RETENTION_DAYS"]),
         "BILLING_RETENTION_YEARS": int(raw["BILLING_RETENTION_YEARS"]),
+        "KEY_REVEAL": _bool(raw["KEY_REVEAL"]),
+        "KEY_ENCRYPTION_KEY": "" if raw["KEY_ENCRYPTION_KEY"].startswith("(") else raw["KEY_ENCRYPTION_KEY"],
+        "KEY_PREFIX": raw["KEY_PREFIX"],
+        "PROVIDERS_FILE": raw["PROVIDERS_FILE"],
+        "REDIS_URL": raw["REDIS_URL"],
+        "RELAY_LIMITS": {"key_rpm": int(raw["RELAY_KEY_RPM"]), "key_tpm": int(raw["RELAY_KEY_TPM"]),
+                         "account_rpm": int(raw["RELAY_ACCOUNT_RPM"]),
+                         "account_tpm": int(raw["RELAY_ACCOUNT_TPM"])},
+        "MAX_CONTENT_LENGTH": int(raw["RELAY_MAX_BODY_MB"]) * 1024 * 1024,
         "LOG_LEVEL": raw["LOG_LEVEL"],
         "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session
         "WTF_CSRF_SSL_STRICT": False,  # Referer checks break behind some proxies; SameSite + token suffice

@@ -1,8 +1,10 @@
 """All models, imported here so Alembic and the app see the whole schema."""
 from app.models.audit import AuditEvent
+from app.models.key import ApiKey
 from app.models.mail import OutboxMessage
 from app.models.policy import PolicyAcceptance, PolicyVersion
+from app.models.usage import UsageRecord
 from app.models.user import OneTimeToken, RecoveryCode, User, UserSession
 
-__all__ = ["AuditEvent", "OutboxMessage", "PolicyAcceptance", "PolicyVersion",
+__all__ = ["ApiKey", "UsageRecord", "AuditEvent", "OutboxMessage", "PolicyAcceptance", "PolicyVersion",
            "OneTimeToken", "RecoveryCode", "User", "UserSession"]

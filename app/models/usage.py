@@ -1,0 +1,46 @@
+"""One metadata row per relayed request (P22) — and nothing else about it (P23)."""
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.extensions import db
+from app.models.types import UTCDateTime
+
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class UsageRecord(db.Model):
+    """Exactly the fields of P22. User, team and key are plain ids: usage rows
+    are anonymized, not cascaded, when an account goes (P52)."""
+
+    __tablename__ = "usage_records"
+    __table_args__ = (sa.Index("ix_usage_records_user_started", "user_id", "started_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    request_id: Mapped[str] = mapped_column(sa.String(40), unique=True)
+    user_id: Mapped[int | None] = mapped_column(sa.Integer)
+    team_id: Mapped[int | None] = mapped_column(sa.Integer, index=True)
+    api_key_id: Mapped[int | None] = mapped_column(sa.Integer, index=True)
+    project: Mapped[str | None] = mapped_column(sa.String(64))
+    tags: Mapped[str | None] = mapped_column(sa.String(600))  # JSON list, bounded at the edge
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    ended_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    model: Mapped[str] = mapped_column(sa.String(100))
+    provider: Mapped[str | None] = mapped_column(sa.String(64))
+    input_tokens: Mapped[int] = mapped_column(sa.Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(sa.Integer, default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(sa.Integer, default=0)
+    cache_write_tokens: Mapped[int] = mapped_column(sa.Integer, default=0)
+    cost_usd: Mapped[Decimal] = mapped_column(sa.Numeric(16, 8), default=0)
+    ttft_ms: Mapped[int | None] = mapped_column(sa.Integer)
+    latency_ms: Mapped[int] = mapped_column(sa.Integer)
+    status_code: Mapped[int] = mapped_column(sa.Integer)
+    error_class: Mapped[str | None] = mapped_column(sa.String(64))
+    routing_trace: Mapped[str] = mapped_column(sa.Text, default="[]")
+    # provider: the provider reported the counts; estimated: the relay counted
+    # (stream cut short, provider silent); none: nothing was sent upstream.
+    usage_source: Mapped[str] = mapped_column(sa.String(12))

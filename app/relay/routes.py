@@ -1,0 +1,589 @@
+"""The relay: OpenAI- and Anthropic-compatible endpoints (P20-P23, P25).
+
+Per request: one key lookup, the limit check, the upstream call (with fallback
+across the model's targets), and a metadata row handed to the meter after the
+last byte. Bodies live in local variables for the life of the request and are
+never logged, stored or put into an exception message (P23): errors carry an
+error class, and the only upstream text that goes anywhere goes to the client.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import orjson
+import sqlalchemy as sa
+from flask import Blueprint, Flask, Response, current_app, g, request
+
+from app.extensions import csrf, db
+from app.models import ApiKey
+from app.relay import translate as tr
+from app.relay import upstream
+from app.relay.limits import Limits
+from app.relay.meter import init_app as init_meter
+from app.relay.providers import Model, Provider, ProvidersFileError, Registry, Target, load
+from app.services.keys import hash_key
+
+bp = Blueprint("relay", __name__)
+
+ANTHROPIC_VERSION = "2023-06-01"
+PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:=-]{0,31}$")
+MAX_TAGS = 10
+
+_KEY_QUERY = sa.select(ApiKey.id, ApiKey.user_id, ApiKey.team_id, ApiKey.revoked_at, ApiKey.expires_at,
+                       ApiKey.allowed_models, ApiKey.rpm_limit, ApiKey.tpm_limit).where(
+    ApiKey.lookup_hash == sa.bindparam("h"))
+
+
+# ---- per-request state ---------------------------------------------------------------
+
+@dataclass
+class Call:
+    """What the relay knows about one request: only P22's fields and timings."""
+
+    request_id: str
+    api: str                      # the client's API shape: "openai" or "anthropic"
+    started: datetime
+    t0: float
+    key: sa.Row | None = None
+    project: str | None = None
+    tags: list[str] | None = None
+    model: str = ""
+    provider: str | None = None
+    usage: tr.Usage = field(default_factory=tr.Usage)
+    usage_source: str = "none"
+    cost: object = 0
+    ttft_ms: int | None = None
+    status: int = 200
+    error_class: str | None = None
+    trace: list[dict] = field(default_factory=list)
+    limits: Limits | None = field(default=None, repr=False)
+    meter: object = field(default=None, repr=False)
+
+    def row(self) -> dict:
+        u = self.usage
+        return {
+            "request_id": self.request_id, "user_id": self.key.user_id, "team_id": self.key.team_id,
+            "api_key_id": self.key.id, "project": self.project,
+            "tags": orjson.dumps(self.tags).decode() if self.tags else None,
+            "started_at": self.started, "ended_at": datetime.now(timezone.utc),
+            "model": self.model[:100], "provider": self.provider,
+            "input_tokens": u.input_tokens, "output_tokens": u.output_tokens,
+            "cache_read_tokens": u.cache_read_tokens, "cache_write_tokens": u.cache_write_tokens,
+            "cost_usd": self.cost, "ttft_ms": self.ttft_ms,
+            "latency_ms": int((time.perf_counter() - self.t0) * 1000),
+            "status_code": self.status, "error_class": self.error_class,
+            "routing_trace": orjson.dumps(self.trace).decode(), "usage_source": self.usage_source,
+        }
+
+
+def _finish(call: Call, price=None) -> None:
+    """Price the call, charge its tokens to the limits, queue its row. Runs after
+    the last byte, possibly outside the request context (streams)."""
+    if call.key is None:
+        return
+    u = call.usage
+    if price is not None:
+        call.cost = price.cost(u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens)
+    call.limits.charge_tokens(call.key.id, call.key.user_id, call.key.rpm_limit, call.key.tpm_limit,
+                              u.input_tokens + u.output_tokens + u.cache_read_tokens + u.cache_write_tokens)
+    call.meter.record(call.row())
+
+
+# ---- errors in the client's shape ------------------------------------------------------
+
+def _error(call: Call, status: int, message: str, type_: str | None = None,
+           headers: dict | None = None, record: bool = True) -> Response:
+    call.status = status
+    call.error_class = call.error_class or type_ or tr.error_type_for_status(status, call.api)
+    if call.api == "anthropic":
+        body = tr.anthropic_error(type_ or tr.error_type_for_status(status, "anthropic"), message,
+                                  request_id=call.request_id)
+    else:
+        body = tr.openai_error(status, message, type_)
+    resp = Response(orjson.dumps(body), status=status, mimetype="application/json", headers=headers)
+    if record and call.key is not None:
+        _finish(call)
+    return resp
+
+
+# ---- request parsing -------------------------------------------------------------------
+
+def _raw_key() -> str | None:
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return request.headers.get("x-api-key", "").strip() or None
+
+
+def _authenticate(call: Call) -> Response | None:
+    raw = _raw_key()
+    if not raw:
+        return _error(call, 401, "Missing API key. Send it as 'Authorization: Bearer <key>' or 'x-api-key'.",
+                      "authentication_error")
+    with db.engine.connect() as conn:
+        key = conn.execute(_KEY_QUERY, {"h": hash_key(raw)}).first()
+    if key is None:
+        return _error(call, 401, "Invalid API key.", "authentication_error")
+    if key.revoked_at is not None:
+        return _error(call, 401, "This API key has been revoked.", "authentication_error")
+    if key.expires_at is not None and key.expires_at <= datetime.now(timezone.utc):
+        return _error(call, 401, "This API key has expired.", "authentication_error")
+    call.key = key
+    return None
+
+
+def _labels(call: Call) -> Response | None:
+    """Project and tags come from headers, validated and bounded (P22)."""
+    project = request.headers.get("X-Relay-Project")
+    if project is not None:
+        if not PROJECT_RE.match(project):
+            return _error(call, 400, "X-Relay-Project must be 1-64 letters, digits or . _ : -")
+        call.project = project
+    tags = request.headers.get("X-Relay-Tags")
+    if tags is not None:
+        items = [t.strip() for t in tags.split(",") if t.strip()]
+        if len(items) > MAX_TAGS or not all(TAG_RE.match(t) for t in items):
+            return _error(call, 400, f"X-Relay-Tags takes up to {MAX_TAGS} comma-separated tags of "
+                                     "1-32 letters, digits or . _ : = -")
+        call.tags = items or None
+    return None
+
+
+def _body(call: Call) -> tuple[dict | None, Response | None]:
+    raw = request.get_data(cache=False)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None, _error(call, 400, "The request body is not valid JSON.")
+    if not isinstance(body, dict):
+        return None, _error(call, 400, "The request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        return None, _error(call, 400, "The request needs a 'model' string.")
+    call.model = model
+    return body, None
+
+
+def _model(call: Call, registry: Registry) -> tuple[Model | None, Response | None]:
+    model = registry.model(call.model)
+    allowed = orjson.loads(call.key.allowed_models) if call.key.allowed_models else None
+    if model is None or (allowed is not None and call.model not in allowed):
+        what = "is not available through this relay" if model is None else "is not allowed for this API key"
+        return None, _error(call, 404, f"The model '{call.model[:100]}' {what}.", "not_found_error"
+                            if call.api == "anthropic" else "invalid_request_error")
+    return model, None
+
+
+# ---- building the upstream request -----------------------------------------------------
+
+def _upstream_request(call: Call, endpoint: str, body: dict, target: Target, stream: bool) -> tuple[str, bytes, dict]:
+    prov = target.provider
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if stream else "application/json"}
+    if prov.shape == "anthropic":
+        headers["anthropic-version"] = request.headers.get("anthropic-version") or ANTHROPIC_VERSION
+        if request.headers.get("anthropic-beta") and call.api == "anthropic":
+            headers["anthropic-beta"] = request.headers["anthropic-beta"]
+        if prov.api_key:
+            headers["x-api-key"] = prov.api_key
+        path = "/v1/messages"
+        if call.api == "anthropic":
+            up = dict(body, model=target.model)
+        else:
+            up = tr.openai_to_anthropic_request(body, target.model)
+    else:
+        if prov.api_key:
+            headers["Authorization"] = "Bearer " + prov.api_key
+        if endpoint == "embeddings":
+            return "/embeddings", orjson.dumps(dict(body, model=target.model)), headers
+        path = "/chat/completions"
+        up = dict(body, model=target.model) if call.api == "openai" else tr.anthropic_to_openai_request(body, target.model)
+        if stream:
+            up["stream"] = True
+            up["stream_options"] = {**(up.get("stream_options") or {}), "include_usage": True}
+    return path, orjson.dumps(up), headers
+
+
+def _route(call: Call, endpoint: str, body: dict, model: Model, stream: bool):
+    """Try each target in order. Returns (target, response) or an error Response."""
+    last_status, classes = None, []
+    for target in model.targets:
+        prov = target.provider
+        entry = {"provider": prov.name, "model": target.model}
+        if endpoint == "embeddings" and prov.shape != "openai":
+            call.trace.append({**entry, "outcome": "skipped", "error_class": "unsupported_endpoint", "ms": 0})
+            continue
+        if prov.kind != "openai_compatible" and not prov.api_key:
+            call.trace.append({**entry, "outcome": "skipped", "error_class": "missing_credential", "ms": 0})
+            classes.append("missing_credential")
+            continue
+        try:
+            path, payload, headers = _upstream_request(call, endpoint, body, target, stream)
+        except tr.TranslationError as exc:
+            return None, _error(call, 400, str(exc))
+        t = time.perf_counter()
+        try:
+            resp = upstream.send(prov, path, payload, headers)
+        except upstream.UpstreamError as exc:
+            call.trace.append({**entry, "outcome": "error", "error_class": exc.error_class,
+                               "ms": int((time.perf_counter() - t) * 1000)})
+            classes.append(exc.error_class)
+            continue
+        ms = int((time.perf_counter() - t) * 1000)
+        if resp.status == 429 or resp.status >= 500:
+            try:
+                resp.read()  # drained and dropped: provider error bodies can quote the prompt
+                resp.release()
+            except upstream.UpstreamError:
+                pass
+            call.trace.append({**entry, "outcome": "error", "error_class": f"http_{resp.status}", "ms": ms})
+            last_status = resp.status
+            classes.append(f"http_{resp.status}")
+            continue
+        call.trace.append({**entry, "outcome": "ok" if resp.status < 400 else f"http_{resp.status}", "ms": ms})
+        call.provider = prov.name
+        return target, resp
+    call.error_class = classes[-1] if classes else "no_target"
+    if classes and all(c == "http_429" for c in classes):
+        return None, _error(call, 429, "Every provider for this model is rate limited. Retry shortly.",
+                            headers={"Retry-After": "1"})
+    if classes and all(c == "timeout" for c in classes):
+        return None, _error(call, 504, "No provider for this model answered in time.")
+    if classes and all(c == "missing_credential" for c in classes):
+        return None, _error(call, 503, "This model's providers are not configured with credentials.")
+    return None, _error(call, 502 if last_status is None or last_status < 500 else 502,
+                        "No provider could serve this request (see the routing trace in your usage).")
+
+
+def _upstream_client_error(call: Call, target: Target, resp: upstream.Response) -> Response:
+    """A 4xx (not 429) from the provider: the request itself was refused. Pass the
+    provider's message to the client in the client's shape; store nothing of it."""
+    data = resp.read()
+    resp.release()
+    status = resp.status
+    if status in (401, 403):
+        # The provider refused *our* credential; the client's key is fine.
+        call.error_class = f"upstream_{status}"
+        return _error(call, 502, "The provider refused the relay's credentials for this model.")
+    message = "The provider refused the request."
+    try:
+        obj = orjson.loads(data)
+        err = obj.get("error") if isinstance(obj, dict) else None
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            message = err["message"]
+    except orjson.JSONDecodeError:
+        pass
+    call.error_class = f"upstream_{status}"
+    return _error(call, status, message)
+
+
+# ---- usage -----------------------------------------------------------------------------
+
+def _estimate(chars_in: int, chars_out: int) -> tr.Usage:
+    """About four characters a token: an estimate, and labelled as one."""
+    return tr.Usage(input_tokens=max(1, chars_in // 4), output_tokens=chars_out // 4)
+
+
+def _settle_usage(call: Call, reported: tr.Usage | None, chars_in: int, chars_out: int) -> None:
+    """Use the provider's counts when it gave plausible ones; otherwise estimate.
+    Never a silent zero: zero input tokens, or zero output for a non-empty answer,
+    is not believed."""
+    if reported is not None and reported.reported:
+        plausible = reported.prompt_tokens > 0 and (reported.output_tokens > 0 or chars_out == 0)
+        if plausible:
+            call.usage, call.usage_source = reported, "provider"
+            return
+    call.usage, call.usage_source = _estimate(chars_in, chars_out), "estimated"
+
+
+def _text_chars_openai(obj: dict) -> int:
+    n = 0
+    for choice in obj.get("choices") or ():
+        msg = choice.get("message") or choice.get("delta") or {}
+        c = msg.get("content")
+        if isinstance(c, str):
+            n += len(c)
+        for tc in msg.get("tool_calls") or ():
+            n += len(((tc or {}).get("function") or {}).get("arguments") or "")
+    return n
+
+
+def _text_chars_anthropic(obj: dict) -> int:
+    n = 0
+    for block in obj.get("content") or ():
+        if block.get("type") == "text":
+            n += len(block.get("text") or "")
+        elif block.get("type") == "tool_use":
+            n += len(orjson.dumps(block.get("input") or {}))
+    return n
+
+
+# ---- the endpoints ---------------------------------------------------------------------
+
+def _begin(api: str) -> Call:
+    ext = current_app.extensions
+    call = Call(request_id="req_" + secrets.token_hex(12), api=api, started=datetime.now(timezone.utc),
+                t0=time.perf_counter(), limits=ext["relay_limits"], meter=ext["meter"])
+    g.relay_request_id = call.request_id
+    return call
+
+
+def _handle(api: str, endpoint: str):
+    call = _begin(api)
+    failed = _authenticate(call) or _labels(call)
+    if failed:
+        return failed
+    body, failed = _body(call)
+    if failed:
+        return failed
+    if endpoint == "messages" and not isinstance(body.get("max_tokens"), int):
+        return _error(call, 400, "max_tokens: an integer is required.")
+    if endpoint in ("chat", "messages") and not isinstance(body.get("messages"), list):
+        return _error(call, 400, "messages: a list is required.")
+    if endpoint == "embeddings" and body.get("input") in (None, "", []):
+        return _error(call, 400, "input: text or a list of texts is required.")
+    model, failed = _model(call, current_app.extensions["relay_registry"])
+    if failed:
+        return failed
+    refusal = call.limits.admit(call.key.id, call.key.user_id, call.key.rpm_limit, call.key.tpm_limit)
+    if refusal:
+        call.error_class = f"rate_limited_{refusal.scope}_{refusal.what}"
+        return _error(call, 429, refusal.message, "rate_limit_error",
+                      headers={"Retry-After": str(refusal.retry_after),
+                               **call.limits.headers(call.key.id, call.key.rpm_limit)})
+    stream = body.get("stream") is True and endpoint != "embeddings"
+    target, result = _route(call, endpoint, body, model, stream)
+    if target is None:
+        return result
+    if result.status >= 400:
+        return _upstream_client_error(call, target, result)
+    chars_in = request.content_length or 0
+    if stream:
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return Response(_stream(call, target, result, model, chars_in, include_usage),
+                        status=200, mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return _complete(call, endpoint, target, result, model, chars_in)
+
+
+def _complete(call: Call, endpoint: str, target: Target, resp: upstream.Response, model: Model,
+              chars_in: int) -> Response:
+    """A whole (non-streamed) answer: read, translate if the shapes differ,
+    count, and record once the response has been sent."""
+    try:
+        data = resp.read()
+    except upstream.UpstreamError as exc:
+        call.error_class = exc.error_class
+        return _error(call, 502, "The provider's answer was cut short.")
+    resp.release()
+    call.ttft_ms = int((time.perf_counter() - call.t0) * 1000)
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        call.error_class = "upstream_bad_json"
+        return _error(call, 502, "The provider sent an answer that is not valid JSON.")
+    prov_shape = target.provider.shape
+    try:
+        if prov_shape == "anthropic":
+            reported = tr.usage_from_anthropic(obj.get("usage"))
+            chars_out = _text_chars_anthropic(obj)
+            if call.api == "openai":
+                data = orjson.dumps(tr.anthropic_to_openai_response(obj, call.model))
+        else:
+            reported = tr.usage_from_openai(obj.get("usage"))
+            chars_out = _text_chars_openai(obj)
+            if call.api == "anthropic":
+                data = orjson.dumps(tr.openai_to_anthropic_response(obj, call.model))
+    except tr.TranslationError:
+        call.error_class = "upstream_untranslatable"
+        return _error(call, 502, "The provider's answer could not be translated to this API.")
+    if endpoint == "embeddings":
+        chars_out = 0
+    _settle_usage(call, reported, chars_in, chars_out)
+    out = Response(data, status=200, mimetype="application/json")
+    out.call_on_close(lambda: _finish(call, model.price))
+    return out
+
+
+def _sse_fields(event: bytes) -> tuple[str, bytes]:
+    """(event name, data) of one server-sent event."""
+    name, data = "", b""
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            data = line[5:].strip() if not data else data + b"\n" + line[5:].strip()
+        elif line.startswith(b"event:"):
+            name = line[6:].strip().decode()
+    return name, data
+
+
+def _stream(call: Call, target: Target, resp: upstream.Response, model: Model, chars_in: int,
+            include_usage: bool):
+    """Pass each event through as it arrives (translated when the shapes differ),
+    note usage and the first token, and record the call when the stream ends,
+    breaks, or the client goes away (then the upstream call is dropped at once)."""
+    prov_shape = target.provider.shape
+    same = prov_shape == call.api
+    to_openai = tr.AnthropicStreamToOpenAI(call.model, include_usage=include_usage) \
+        if prov_shape == "anthropic" and not same else None
+    to_anthropic = tr.OpenAIStreamToAnthropic(call.model) if prov_shape == "openai" and not same else None
+    reported: tr.Usage | None = None
+    chars_out = 0
+    clean_end = False
+    try:
+        for event in resp.events():
+            name, data = _sse_fields(event)
+            if not data:
+                continue
+            if data == b"[DONE]":
+                clean_end = True
+                if same:
+                    yield tr.SSE_OPENAI_DONE
+                continue
+            try:
+                obj = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                continue
+            if prov_shape == "openai":
+                if "error" in obj:
+                    call.error_class = "upstream_stream_error"
+                n = _text_chars_openai(obj)
+                if obj.get("usage"):
+                    reported = tr.usage_from_openai(obj["usage"])
+                if same:
+                    if not obj.get("choices") and obj.get("usage") and not include_usage:
+                        continue  # asked upstream for our metering; the client did not ask
+                    out = (event,)
+                else:
+                    out = tuple(tr.sse_anthropic(e, d) for e, d in to_anthropic.feed(obj))
+            else:
+                name = name or obj.get("type", "")
+                if name == "message_start":
+                    reported = tr.usage_from_anthropic((obj.get("message") or {}).get("usage"))
+                elif name == "message_delta":
+                    u = obj.get("usage") or {}
+                    base = reported or tr.Usage()
+                    reported = tr.Usage(
+                        input_tokens=u.get("input_tokens", base.input_tokens) or base.input_tokens,
+                        output_tokens=u.get("output_tokens", 0) or 0,
+                        cache_read_tokens=u.get("cache_read_input_tokens") or base.cache_read_tokens,
+                        cache_write_tokens=u.get("cache_creation_input_tokens") or base.cache_write_tokens,
+                        reported=True)
+                elif name == "message_stop":
+                    clean_end = True
+                elif name == "error":
+                    call.error_class = "upstream_stream_error"
+                delta = obj.get("delta") or {}
+                n = len(delta.get("text") or "") + len(delta.get("partial_json") or "")
+                out = (event,) if same else tuple(tr.sse_openai(c) for c in to_openai.feed(name, obj))
+            if n:
+                chars_out += n
+                if call.ttft_ms is None:
+                    call.ttft_ms = int((time.perf_counter() - call.t0) * 1000)
+            for piece in out:
+                yield piece
+        if not same:
+            tail = to_anthropic.finish() if to_anthropic else to_openai.finish()
+            for piece in tail:
+                yield tr.sse_anthropic(*piece) if to_anthropic else tr.sse_openai(piece)
+            if to_openai is not None:
+                yield tr.SSE_OPENAI_DONE
+        resp.release()
+        if not clean_end and call.error_class is None:
+            call.error_class = "upstream_incomplete"
+    except upstream.UpstreamError as exc:
+        call.error_class = exc.error_class
+        message = "The provider's stream broke off; the answer is incomplete."
+        if call.api == "anthropic":
+            yield tr.sse_anthropic("error", tr.anthropic_error("api_error", message, request_id=call.request_id))
+        else:
+            yield tr.sse_openai(tr.openai_error(502, message))
+    except GeneratorExit:
+        # The client went away: drop the upstream call now, not when it finishes.
+        resp.close()
+        call.error_class = "client_disconnected"
+        call.status = 499
+        raise
+    finally:
+        _settle_usage(call, reported, chars_in, chars_out)
+        _finish(call, model.price)
+
+
+@bp.post("/v1/chat/completions")
+def chat_completions():
+    return _handle("openai", "chat")
+
+
+@bp.post("/v1/embeddings")
+def embeddings():
+    return _handle("openai", "embeddings")
+
+
+@bp.post("/v1/messages")
+def messages():
+    return _handle("anthropic", "messages")
+
+
+@bp.get("/v1/models")
+def list_models():
+    """The models this key may use, in the shape of the SDK that asks."""
+    call = _begin("anthropic" if request.headers.get("anthropic-version") else "openai")
+    failed = _authenticate(call)
+    if failed:
+        return failed
+    registry: Registry = current_app.extensions["relay_registry"]
+    allowed = orjson.loads(call.key.allowed_models) if call.key.allowed_models else None
+    names = [m for m in registry.models if allowed is None or m in allowed]
+    if call.api == "anthropic":
+        data = [{"type": "model", "id": n, "display_name": n,
+                 "created_at": datetime.fromtimestamp(registry.models[n].created, timezone.utc).isoformat()}
+                for n in names]
+        body = {"data": data, "has_more": False, "first_id": names[0] if names else None,
+                "last_id": names[-1] if names else None}
+    else:
+        body = {"object": "list", "data": [{"id": n, "object": "model", "created": registry.models[n].created,
+                                            "owned_by": "relay"} for n in names]}
+    return Response(orjson.dumps(body), mimetype="application/json")
+
+
+@bp.get("/v1/models/<path:name>")
+def get_model(name: str):
+    call = _begin("anthropic" if request.headers.get("anthropic-version") else "openai")
+    failed = _authenticate(call)
+    if failed:
+        return failed
+    call.model = name
+    model, failed = _model(call, current_app.extensions["relay_registry"])
+    if failed:
+        return failed
+    if call.api == "anthropic":
+        body = {"type": "model", "id": name, "display_name": name,
+                "created_at": datetime.fromtimestamp(model.created, timezone.utc).isoformat()}
+    else:
+        body = {"id": name, "object": "model", "created": model.created, "owned_by": "relay"}
+    return Response(orjson.dumps(body), mimetype="application/json")
+
+
+@bp.after_request
+def _request_id(resp: Response) -> Response:
+    """Every relay response names its request (both SDKs' header spellings)."""
+    rid = g.get("relay_request_id")
+    if rid:
+        resp.headers["x-request-id"] = rid
+        resp.headers["request-id"] = rid
+    return resp
+
+
+def init_app(app: Flask) -> None:
+    try:
+        registry = load(app.config["PROVIDERS_FILE"])
+    except ProvidersFileError as exc:
+        raise RuntimeError(f"PROVIDERS_FILE: {exc}") from None
+    app.extensions["relay_registry"] = registry
+    app.extensions["relay_limits"] = Limits(app.config["RATELIMIT_STORAGE_URI"], app.config["RELAY_LIMITS"])
+    init_meter(app)
+    csrf.exempt(bp)
+    app.register_blueprint(bp)

@@ -1,0 +1,133 @@
+"""API keys (P10, P11): create, rotate, revoke, reveal, and the relay's lookup.
+
+A key is `KEY_PREFIX` + 40 random url-safe characters. The relay finds it by
+HMAC-SHA-256 under a server secret; the database also keeps a display prefix,
+the last four characters, and (unless KEY_REVEAL is off) an AES-GCM envelope
+the owner may open after re-entering the password. The full key is returned
+once, to the caller that created or rotated it, and never logged.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+from datetime import datetime
+
+import sqlalchemy as sa
+from flask import current_app
+
+from app.extensions import db
+from app.models import ApiKey, User
+from app.models.types import utcnow
+from app.services import ServiceError
+from app.services.audit import record_event
+from app.services.crypto import envelope_decrypt, envelope_encrypt, token_hash
+
+MAX_KEYS_PER_ACCOUNT = 100
+
+
+def hash_key(raw: str) -> str:
+    return token_hash(raw, "api_key")
+
+
+def _new_secret() -> str:
+    return current_app.config["KEY_PREFIX"] + secrets.token_urlsafe(30)
+
+
+def _store_secret(key: ApiKey, raw: str) -> None:
+    key.lookup_hash = hash_key(raw)
+    key.prefix = raw[: len(current_app.config["KEY_PREFIX"]) + 4]
+    key.last4 = raw[-4:]
+    if current_app.config["KEY_REVEAL"]:
+        key.secret_ciphertext, key.wrapped_data_key = envelope_encrypt(raw, f"api_key:{key.id}")
+    else:
+        key.secret_ciphertext = key.wrapped_data_key = None
+
+
+def _check_name(name: str) -> str:
+    name = (name or "").strip()
+    if not name:
+        raise ServiceError("Give the key a name, such as the app that will use it.")
+    if len(name) > 100:
+        raise ServiceError("Use at most 100 characters for the name.")
+    return name
+
+
+def _check_limit(value: int | None, what: str) -> int | None:
+    if value is None:
+        return None
+    if value < 1 or value > 10_000_000:
+        raise ServiceError(f"{what} must be between 1 and 10,000,000, or empty for the account's limit.")
+    return value
+
+
+def create(user: User, name: str, *, expires_at: datetime | None = None, models: list[str] | None = None,
+           rpm_limit: int | None = None, tpm_limit: int | None = None, team_id: int | None = None
+           ) -> tuple[ApiKey, str]:
+    """Create a key; return it and its secret (to be shown once)."""
+    name = _check_name(name)
+    if expires_at is not None and expires_at <= utcnow():
+        raise ServiceError("The expiry date must be in the future.")
+    count = db.session.scalar(sa.select(sa.func.count()).select_from(ApiKey).where(
+        ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))) or 0
+    if count >= MAX_KEYS_PER_ACCOUNT:
+        raise ServiceError(f"You can have at most {MAX_KEYS_PER_ACCOUNT} active keys. Revoke one first.")
+    models = sorted({m.strip() for m in models or [] if m.strip()}) or None
+    key = ApiKey(user_id=user.id, team_id=team_id, name=name, prefix="", last4="",
+                 lookup_hash=secrets.token_hex(32),  # placeholder until the id exists
+                 created_at=utcnow(), expires_at=expires_at,
+                 allowed_models=json.dumps(models) if models else None,
+                 rpm_limit=_check_limit(rpm_limit, "Requests per minute"),
+                 tpm_limit=_check_limit(tpm_limit, "Tokens per minute"))
+    db.session.add(key)
+    db.session.flush()  # the id is part of the envelope's associated data
+    raw = _new_secret()
+    _store_secret(key, raw)
+    record_event(user, "account:api_key:created", key_id=key.id, team_id=team_id)
+    return key, raw
+
+
+def owned(user: User, key_id: int) -> ApiKey:
+    key = db.session.get(ApiKey, key_id)
+    if key is None or key.user_id != user.id:
+        raise ServiceError("No such key.")
+    return key
+
+
+def rotate(user: User, key_id: int) -> tuple[ApiKey, str]:
+    """Issue a new secret in place: same name, limits and history; the old
+    secret stops working on its next request."""
+    key = owned(user, key_id)
+    if key.revoked_at is not None:
+        raise ServiceError("A revoked key cannot be rotated. Create a new one.")
+    raw = _new_secret()
+    _store_secret(key, raw)
+    key.rotated_at = utcnow()
+    record_event(user, "account:api_key:rotated", key_id=key.id)
+    return key, raw
+
+
+def revoke(user: User, key_id: int) -> ApiKey:
+    key = owned(user, key_id)
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        # Nothing of the secret stays once it can never be used again.
+        key.secret_ciphertext = key.wrapped_data_key = None
+        record_event(user, "account:api_key:revoked", key_id=key.id)
+    return key
+
+
+def reveal(user: User, key_id: int) -> str:
+    """Open the envelope. The caller has checked the password (and TOTP) just now."""
+    key = owned(user, key_id)
+    if not current_app.config["KEY_REVEAL"] or key.secret_ciphertext is None:
+        raise ServiceError("This key cannot be shown again. Rotate it to get a new secret.")
+    if key.revoked_at is not None:
+        raise ServiceError("This key is revoked.")
+    raw = envelope_decrypt(key.secret_ciphertext, key.wrapped_data_key, f"api_key:{key.id}")
+    record_event(user, "account:api_key:revealed", key_id=key.id)
+    return raw
+
+
+def list_for(user: User) -> list[ApiKey]:
+    return list(db.session.scalars(sa.select(ApiKey).where(ApiKey.user_id == user.id)
+                                   .order_by(ApiKey.revoked_at.is_not(None), ApiKey.created_at.desc())))
