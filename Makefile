@@ -21,15 +21,12 @@ $(VENV)/.installed-test: $(VENV)/.installed
 setup: $(VENV)/.installed
 setup-test: $(VENV)/.installed-test
 
-# The portal on http://127.0.0.1:8000 with the embedded defaults: SQLite and a
-# generated secret in instance/, mail written to instance/mail/. Plain http on
-# loopback, so the session cookie's Secure flag is off unless you set it.
+# The portal and relay on http://127.0.0.1:8000 with the embedded defaults:
+# SQLite and a generated secret in instance/, mail written to instance/mail/.
+# Plain http on loopback, so the session cookie's Secure flag is off unless you
+# set it. scripts/serve.sh migrates, publishes the policy and starts the server.
 run: setup
-	SESSION_COOKIE_SECURE=$${SESSION_COOKIE_SECURE:-false} $(BIN)/flask db upgrade
-	SESSION_COOKIE_SECURE=$${SESSION_COOKIE_SECURE:-false} $(BIN)/flask policy sync
-	SESSION_COOKIE_SECURE=$${SESSION_COOKIE_SECURE:-false} exec $(BIN)/gunicorn \
-	  --bind $${BIND:-127.0.0.1:8000} --workers $${WORKERS:-2} --threads $${THREADS:-8} \
-	  --worker-class gthread --access-logfile - wsgi:app
+	SESSION_COOKIE_SECURE=$${SESSION_COOKIE_SECURE:-false} ACCESS_LOG=$${ACCESS_LOG-1} bash scripts/serve.sh
 
 system-deps:
 	bash scripts/install-system-deps.sh

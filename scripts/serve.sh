@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Start the portal and the relay exactly as `make run` does (the benchmark uses
+# this too): apply migrations, publish the privacy policy, then serve.
+#   SERVER=granian (default) | gunicorn    BIND=127.0.0.1:8000    WORKERS=2
+#   THREADS: blocking threads per worker; each open stream holds one (default 512)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${VENV:-.venv}/bin
+export FLASK_APP=wsgi
+BIND=${BIND:-127.0.0.1:8000}
+HOST=${BIND%:*}
+PORT=${BIND##*:}
+"$BIN/flask" db upgrade
+"$BIN/flask" policy sync
+case "${SERVER:-granian}" in
+  granian)
+    exec "$BIN/granian" --interface wsgi --host "$HOST" --port "$PORT" \
+      --workers "${WORKERS:-2}" --blocking-threads "${THREADS:-512}" \
+      --backlog 2048 ${ACCESS_LOG:+--access-log} wsgi:app ;;
+  gunicorn)
+    exec "$BIN/gunicorn" --bind "$BIND" --workers "${WORKERS:-2}" --threads "${THREADS:-64}" \
+      --worker-class gthread --backlog 2048 ${ACCESS_LOG:+--access-logfile -} wsgi:app ;;
+  *)
+    echo "SERVER must be granian or gunicorn" >&2; exit 2 ;;
+esac
