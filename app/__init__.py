@@ -35,16 +35,20 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     mail.init_app(app)
 
     from app.account.routes import bp as account_bp
+    from app.keys.routes import bp as keys_bp
     from app.auth.routes import bp as auth_bp
     from app.main.routes import bp as main_bp
     from app.policy.routes import bp as policy_bp
     from app.staff.routes import bp as staff_bp
+    from app.usage.routes import bp as usage_bp
 
     app.register_blueprint(main_bp)
     app.register_blueprint(auth_bp)
     app.register_blueprint(account_bp, url_prefix="/account")
+    app.register_blueprint(keys_bp, url_prefix="/keys")
     app.register_blueprint(policy_bp)
     app.register_blueprint(staff_bp, url_prefix="/staff")
+    app.register_blueprint(usage_bp, url_prefix="/usage")
 
     from app.relay import routes as relay
     relay.init_app(app)

@@ -24,3 +24,22 @@ function showFlash(text) {
   }
   box.textContent = text;
 }
+
+// "Copy" buttons next to one-time secrets: offered only where the clipboard
+// API exists; otherwise the text stays selectable by hand.
+function enableCopyButtons(root) {
+  if (!navigator.clipboard) return;
+  root.querySelectorAll("button[data-copy]").forEach(function (btn) { btn.hidden = false; });
+}
+document.addEventListener("DOMContentLoaded", function () { enableCopyButtons(document); });
+document.addEventListener("htmx:afterSettle", function () { enableCopyButtons(document); });
+document.addEventListener("click", function (evt) {
+  var btn = evt.target.closest && evt.target.closest("button[data-copy]");
+  if (!btn) return;
+  var source = document.querySelector(btn.getAttribute("data-copy"));
+  if (!source) return;
+  navigator.clipboard.writeText(source.textContent.trim()).then(function () {
+    btn.textContent = "Copied";
+    setTimeout(function () { btn.textContent = "Copy"; }, 2000);
+  });
+});

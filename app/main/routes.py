@@ -3,6 +3,7 @@ from flask import Blueprint, redirect, render_template, url_for
 from flask_login import current_user, login_required
 
 from app.auth.forms import EmptyForm
+from app.services import keys
 
 bp = Blueprint("main", __name__)
 
@@ -17,7 +18,7 @@ def index():
 @bp.route("/dashboard")
 @login_required
 def dashboard():
-    return render_template("main/dashboard.html", form=EmptyForm())
+    return render_template("main/dashboard.html", form=EmptyForm(), active_keys=keys.count_active(current_user))
 
 
 @bp.route("/healthz")

@@ -63,7 +63,10 @@ def _check_limit(value: int | None, what: str) -> int | None:
 def create(user: User, name: str, *, expires_at: datetime | None = None, models: list[str] | None = None,
            rpm_limit: int | None = None, tpm_limit: int | None = None, team_id: int | None = None
            ) -> tuple[ApiKey, str]:
-    """Create a key; return it and its secret (to be shown once)."""
+    """Create a key; return it and its secret (to be shown once). Only a
+    confirmed address may hold keys: it is where security notices go."""
+    if not user.is_verified:
+        raise ServiceError("Confirm your email address before you create an API key.")
     name = _check_name(name)
     if expires_at is not None and expires_at <= utcnow():
         raise ServiceError("The expiry date must be in the future.")
@@ -99,6 +102,9 @@ def rotate(user: User, key_id: int) -> tuple[ApiKey, str]:
     key = owned(user, key_id)
     if key.revoked_at is not None:
         raise ServiceError("A revoked key cannot be rotated. Create a new one.")
+    if key.state() == "expired":
+        # A new secret would be born expired; a new key gets a new expiry.
+        raise ServiceError("An expired key cannot be rotated. Create a new one.")
     raw = _new_secret()
     _store_secret(key, raw)
     key.rotated_at = utcnow()
@@ -116,6 +122,18 @@ def revoke(user: User, key_id: int) -> ApiKey:
     return key
 
 
+def rename(user: User, key_id: int, name: str) -> ApiKey:
+    """Names are the owner's labels; a revoked key keeps the one it died with."""
+    key = owned(user, key_id)
+    if key.revoked_at is not None:
+        raise ServiceError("A revoked key cannot be renamed.")
+    name = _check_name(name)
+    if name != key.name:
+        key.name = name
+        record_event(user, "account:api_key:renamed", key_id=key.id)
+    return key
+
+
 def reveal(user: User, key_id: int) -> str:
     """Open the envelope. The caller has checked the password (and TOTP) just now."""
     key = owned(user, key_id)
@@ -126,6 +144,14 @@ def reveal(user: User, key_id: int) -> str:
     raw = envelope_decrypt(key.secret_ciphertext, key.wrapped_data_key, f"api_key:{key.id}")
     record_event(user, "account:api_key:revealed", key_id=key.id)
     return raw
+
+
+def count_active(user: User) -> int:
+    """Keys that would work on the next request (not revoked, not expired)."""
+    now = utcnow()
+    return db.session.scalar(sa.select(sa.func.count()).select_from(ApiKey).where(
+        ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None),
+        sa.or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now))) or 0
 
 
 def list_for(user: User) -> list[ApiKey]:

@@ -1,0 +1,1 @@
+"""The usage pages: the signed-in person's own requests, totals and filters (P22, P30)."""

@@ -1,0 +1,379 @@
+"""The usage page through the test client: the P22 columns a person reads, the
+30-day totals, newest-first pagination and filters (P30), the htmx fragment,
+the first-run help, and that nobody ever sees another person's rows.
+
+Usage rows are inserted directly, as the relay's writer would leave them.
+"""
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from app.extensions import db
+from app.models import ApiKey, UsageRecord
+from app.models.types import utcnow
+from app.usage.routes import usd
+
+HX = {"HX-Request": "true"}
+RID_RE = re.compile(r'data-request-id="([^"]+)"')
+
+
+def text(resp) -> str:
+    return resp.get_data(as_text=True)
+
+
+def request_ids(resp) -> list[str]:
+    return RID_RE.findall(text(resp))
+
+
+def add_key(app, user_id: int, name: str = "laptop", last4: str = "abcd") -> int:
+    with app.app_context():
+        key = ApiKey(user_id=user_id, name=name, prefix="rk_Xy12", last4=last4,
+                     lookup_hash=secrets.token_hex(32), created_at=utcnow())
+        db.session.add(key)
+        db.session.commit()
+        return key.id
+
+
+def add_usage(app, user_id: int, n: int = 1, *, start: datetime | None = None, step=timedelta(minutes=1),
+              prefix: str = "req_", **fields) -> list[str]:
+    """n rows for one person, one `step` apart going back from `start`; the
+    request ids are `prefix` + a zero-padded index (0 is the newest)."""
+    start = start or utcnow() - timedelta(minutes=1)
+    ids = []
+    with app.app_context():
+        for i in range(n):
+            began = start - i * step
+            row = dict(request_id=f"{prefix}{i:04d}", user_id=user_id, started_at=began,
+                       ended_at=began + timedelta(milliseconds=800), model="gpt-4o-mini", provider="openai",
+                       input_tokens=100, output_tokens=20, cache_read_tokens=0, cache_write_tokens=0,
+                       cost_usd=Decimal("0.000027"), ttft_ms=120, latency_ms=800, status_code=200,
+                       routing_trace=json.dumps([{"provider": "openai", "model": "gpt-4o-mini",
+                                                  "outcome": "ok", "ms": 790}]),
+                       usage_source="provider")
+            row.update(fields)
+            db.session.add(UsageRecord(**row))
+            ids.append(row["request_id"])
+        db.session.commit()
+    return ids
+
+
+@pytest.fixture
+def ada(app, users, login):
+    uid = users.create()
+    login()
+    return uid
+
+
+# ---- access ---------------------------------------------------------------------------
+
+def test_logged_out_goes_to_login(client):
+    resp = client.get("/usage/")
+    assert resp.status_code == 302 and "/login" in resp.headers["Location"]
+
+
+def test_nav_links_to_usage(client, ada):
+    page = text(client.get("/usage/"))
+    assert re.search(r'<a href="/usage/"\s+aria-current="page">Usage</a>', page)
+
+
+@pytest.mark.promise("P22", "P31")
+def test_another_persons_rows_never_appear(app, client, users, ada):
+    bob = users.create("bob@example.com")
+    bob_key = add_key(app, bob, name="bob-prod")
+    add_usage(app, ada, 3, prefix="req_ada_")
+    add_usage(app, bob, 5, prefix="req_bob_", model="bob-secret-model", api_key_id=bob_key,
+              cost_usd=Decimal("9.5"), project="bobproject")
+
+    page = text(client.get("/usage/"))
+    assert request_ids(client.get("/usage/")) == ["req_ada_0000", "req_ada_0001", "req_ada_0002"]
+    for leak in ("req_bob_", "bob-secret-model", "bob-prod", "bobproject", "9.50"):
+        assert leak not in page
+    # Not through the filters either: Bob's key and model select nothing of his.
+    assert request_ids(client.get(f"/usage/?key={bob_key}")) == []
+    assert "req_bob_" not in text(client.get("/usage/?model=bob-secret-model"))
+    assert "req_bob_" not in text(client.get("/usage/?model=bob-secret-model", headers=HX))
+    # The summary counts only Ada's three requests.
+    assert re.search(r'id="stat-requests">.*?stat-value">3<', page, re.S)
+
+
+# ---- the columns (P22) ------------------------------------------------------------------
+
+@pytest.mark.promise("P22")
+def test_row_shows_the_p22_columns(app, client, ada):
+    key = add_key(app, ada, name="checkout-service", last4="9f3c")
+    began = datetime(2026, 3, 14, 15, 9, 26, 535000, tzinfo=timezone.utc)
+    add_usage(app, ada, start=began, prefix="req_7f3a9c2b1d4e5f60718293a4_",
+              api_key_id=key, model="claude-sonnet-4-5", provider="anthropic",
+              input_tokens=12345, output_tokens=678, cache_read_tokens=4000, cache_write_tokens=250,
+              cost_usd=Decimal("0.01234567"), ttft_ms=431, latency_ms=2875, status_code=200,
+              project="checkout", tags=json.dumps(["beta", "eu"]), usage_source="estimated",
+              routing_trace=json.dumps([
+                  {"provider": "bedrock", "model": "claude-sonnet", "outcome": "error",
+                   "error_class": "http_503", "ms": 37},
+                  {"provider": "anthropic", "model": "claude-sonnet-4-5", "outcome": "ok", "ms": 2801}]))
+    page = text(client.get("/usage/"))
+
+    assert '<time datetime="2026-03-14T15:09:26.535000+00:00">2026-03-14 15:09:26</time>' in page
+    # Request id: short in the table (full in a tooltip and in the details).
+    assert 'title="req_7f3a9c2b1d4e5f60718293a4_0000">req_7f3a9c2b…<' in page
+    assert '<dd class="mono">req_7f3a9c2b1d4e5f60718293a4_0000</dd>' in page
+    assert "claude-sonnet-4-5" in page and ">anthropic<" in page
+    assert "checkout-service" in page and "rk_Xy12…9f3c" in page
+    for figure in ("12,345", "678", "4,000 / 250", "$0.012346", "2,875 ms", "TTFT 431 ms"):
+        assert figure in page, figure
+    assert '<span class="badge ok">200</span>' in page
+    # The usage source is a badge that explains itself.
+    assert re.search(r'<span class="badge warn source" title="[^"]*relay counted the tokens itself\.">estimated</span>',
+                     page)
+    # Project and tags.
+    assert '<span class="label-chip" title="Project">checkout</span>' in page
+    assert "#beta" in page and "#eu" in page
+    # The routing trace, attempt by attempt, inside a <details>.
+    trace = page[page.index('<details class="trace">'):page.index("</details>")]
+    assert "2 attempts" in trace
+    rows = re.findall(r"<tr>\s*<td class=\"muted\">(\d)</td>(.*?)</tr>", trace, re.S)
+    assert [n for n, _ in rows] == ["1", "2"]
+    assert "bedrock" in rows[0][1] and "http_503" in rows[0][1] and "37 ms" in rows[0][1] and ">error<" in rows[0][1]
+    assert "anthropic" in rows[1][1] and ">ok<" in rows[1][1] and "2801 ms" in rows[1][1]
+
+
+@pytest.mark.promise("P22")
+def test_errors_sources_and_deleted_keys(app, client, ada):
+    add_usage(app, ada, prefix="req_err_", status_code=502, error_class="http_503", usage_source="none",
+              provider=None, input_tokens=0, output_tokens=0, cost_usd=0, ttft_ms=None,
+              api_key_id=987654, routing_trace=json.dumps([
+                  {"provider": "openai", "model": "gpt-4o-mini", "outcome": "error", "error_class": "http_503",
+                   "ms": 12}]))
+    add_usage(app, ada, prefix="req_401_", start=utcnow() - timedelta(hours=1), status_code=401,
+              error_class="authentication_error", usage_source="none", routing_trace="[]", ttft_ms=None)
+    add_usage(app, ada, prefix="req_bad_", start=utcnow() - timedelta(hours=2), routing_trace="not json")
+    page = text(client.get("/usage/"))
+    assert '<span class="badge bad">502</span>' in page and "http_503" in page
+    assert '<span class="badge warn">401</span>' in page and "authentication_error" in page
+    assert re.search(r'<span class="badge source" title="Nothing was sent[^"]*">none</span>', page)
+    assert "deleted key" in page
+    assert "no TTFT" in page
+    assert "$0.00" in page
+    # A request refused before routing, and a row whose trace is unreadable, both say so.
+    assert page.count("No provider was tried") == 2
+
+
+def test_request_content_is_escaped(app, client, ada):
+    add_usage(app, ada, model="<script>alert(1)</script>", tags=json.dumps(["<b>x</b>"]))
+    page = text(client.get("/usage/"))
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<b>x</b>" not in page
+
+
+def test_usd_formatting():
+    assert usd(Decimal("0.01234567")) == "$0.012346"
+    assert usd(Decimal("0.000027")) == "$0.000027"
+    assert usd(Decimal("0.5")) == "$0.50"
+    assert usd(Decimal("1234.5")) == "$1,234.50"
+    assert usd(Decimal("12.345600")) == "$12.3456"
+    assert usd(0) == "$0.00"
+    assert usd(Decimal("0.00000001")) == "<$0.000001"
+
+
+# ---- totals ----------------------------------------------------------------------------------
+
+@pytest.mark.promise("P30")
+def test_summary_totals_last_30_days(app, client, ada):
+    add_usage(app, ada, 3, prefix="req_ok_", input_tokens=1000, output_tokens=250, cost_usd=Decimal("0.0125"))
+    add_usage(app, ada, 1, prefix="req_fail_", status_code=500, input_tokens=7, output_tokens=0,
+              cost_usd=Decimal("0.00000100"))
+    add_usage(app, ada, 1, prefix="req_old_", start=utcnow() - timedelta(days=31), input_tokens=99999,
+              cost_usd=Decimal("50"))
+    page = text(client.get("/usage/"))
+
+    def stat(name):
+        return re.search(rf'id="stat-{name}">.*?stat-value">([^<]+)<', page, re.S).group(1)
+
+    assert stat("requests") == "4"
+    assert stat("input") == "3,007"
+    assert stat("output") == "750"
+    assert stat("cost") == "$0.037501"
+    assert "1 failed" in page
+    # The old row is outside the summary but still in the table.
+    assert "req_old_0000" in request_ids(client.get("/usage/"))
+
+
+# ---- order and pagination (P30) -------------------------------------------------------
+
+@pytest.mark.promise("P30")
+def test_newest_first_and_pages_of_fifty(app, client, ada):
+    ids = add_usage(app, ada, 120)  # req_0000 is the newest
+    first = client.get("/usage/")
+    assert request_ids(first) == ids[:50]
+    assert "Page 1 of 3" in text(first) and "Showing <strong>1–50</strong>" in text(first)
+    assert 'rel="next" href="/usage/?page=2"' in text(first)
+    assert 'aria-disabled="true">← Previous' in text(first)
+
+    second = text(client.get("/usage/?page=2"))
+    assert RID_RE.findall(second) == ids[50:100]
+    assert 'rel="prev" href="/usage/"' in second and 'rel="next" href="/usage/?page=3"' in second
+
+    third = client.get("/usage/?page=3")
+    assert request_ids(third) == ids[100:]
+    assert "Page 3 of 3" in text(third) and "Showing <strong>101–120</strong> of <strong>120</strong>" in text(third)
+    assert 'aria-disabled="true">Next →' in text(third)
+
+    # Past the end: the last page. Nonsense: the first.
+    assert request_ids(client.get("/usage/?page=99")) == ids[100:]
+    assert "Page 3 of 3" in text(client.get("/usage/?page=99"))
+    for bad in ("abc", "0", "-2", "1.5", "99999999999999999999999", "%00"):
+        resp = client.get(f"/usage/?page={bad}")
+        assert resp.status_code == 200, bad
+        assert request_ids(resp) == ids[:50], bad
+
+
+@pytest.mark.promise("P30")
+def test_pagination_keeps_the_filters(app, client, ada):
+    key = add_key(app, ada)
+    ids = add_usage(app, ada, 60, model="gpt-4o", api_key_id=key)
+    add_usage(app, ada, 60, prefix="req_other_", model="gpt-4o-mini")
+    page = text(client.get(f"/usage/?model=gpt-4o&key={key}&status=ok&from=2000-01-01"))
+    assert "Page 1 of 2" in page
+    next_url = re.search(r'rel="next" href="([^"]+)"', page).group(1).replace("&amp;", "&")
+    assert next_url.startswith("/usage/?")
+    for part in ("model=gpt-4o", f"key={key}", "status=ok", "from=2000-01-01", "page=2"):
+        assert part in next_url
+    assert request_ids(client.get(next_url)) == ids[50:]
+    assert 'hx-get="' + next_url.replace("&", "&amp;") + '"' in page
+
+
+# ---- filters (P30) ---------------------------------------------------------------------
+
+@pytest.mark.promise("P30")
+def test_filter_by_model_key_and_status(app, client, ada):
+    laptop, server = add_key(app, ada, "laptop", "1111"), add_key(app, ada, "server", "2222")
+    a = add_usage(app, ada, 2, prefix="req_a_", model="gpt-4o-mini", api_key_id=laptop)
+    b = add_usage(app, ada, 2, prefix="req_b_", model="claude-haiku", api_key_id=server,
+                  start=utcnow() - timedelta(hours=1))
+    c = add_usage(app, ada, 1, prefix="req_c_", model="claude-haiku", api_key_id=laptop, status_code=429,
+                  error_class="rate_limit_error", start=utcnow() - timedelta(hours=2))
+
+    page = text(client.get("/usage/"))
+    # The choices are this person's own models and keys.
+    assert re.search(r'<option value="claude-haiku"\s*>claude-haiku</option>', page)
+    assert re.search(r'<option value="gpt-4o-mini"\s*>gpt-4o-mini</option>', page)
+    assert f'<option value="{laptop}" >laptop (rk_Xy12…1111)</option>' in page
+
+    assert request_ids(client.get("/usage/?model=claude-haiku")) == b + c
+    assert request_ids(client.get(f"/usage/?key={laptop}")) == a + c
+    assert request_ids(client.get(f"/usage/?key={server}&model=claude-haiku")) == b
+    assert request_ids(client.get("/usage/?status=ok")) == a + b
+    assert request_ids(client.get("/usage/?status=error")) == c
+    # The form shows what is selected.
+    page = text(client.get(f"/usage/?model=claude-haiku&key={server}&status=error"))
+    assert '<option value="claude-haiku" selected>' in page
+    assert f'<option value="{server}" selected>' in page
+    assert '<option value="error" selected>' in page
+
+
+@pytest.mark.promise("P30")
+def test_filter_by_utc_date_range(app, client, ada):
+    day = datetime(2026, 5, 10, tzinfo=timezone.utc)
+    add_usage(app, ada, prefix="req_may09_late_", start=day - timedelta(seconds=1))       # 09 23:59:59
+    add_usage(app, ada, prefix="req_may10_start_", start=day)                              # 10 00:00:00
+    add_usage(app, ada, prefix="req_may11_late_", start=day + timedelta(days=2, seconds=-1))  # 11 23:59:59
+    add_usage(app, ada, prefix="req_may12_start_", start=day + timedelta(days=2))          # 12 00:00:00
+
+    assert request_ids(client.get("/usage/?from=2026-05-10&to=2026-05-11")) == [
+        "req_may11_late_0000", "req_may10_start_0000"]
+    assert request_ids(client.get("/usage/?from=2026-05-11")) == ["req_may12_start_0000", "req_may11_late_0000"]
+    assert request_ids(client.get("/usage/?to=2026-05-09")) == ["req_may09_late_0000"]
+    # Swapped dates are put in order, and the person is told.
+    resp = client.get("/usage/?from=2026-05-11&to=2026-05-10")
+    assert request_ids(resp) == ["req_may11_late_0000", "req_may10_start_0000"]
+    assert "swapped" in text(resp)
+
+
+@pytest.mark.promise("P30")
+def test_bad_filter_values_are_ignored_not_errors(app, client, ada):
+    ids = add_usage(app, ada, 3)
+    for query in ("from=yesterday", "to=2026-13-45", "from=0001-01-01", "to=9999-12-31", "status=maybe",
+                  "key=abc", "key=99999999999", "key=-1", "model=%00", "model=" + "x" * 500,
+                  "from=%00&to=%ff", "page=abc&from=&to=&model=&key=&status="):
+        resp = client.get("/usage/?" + query)
+        assert resp.status_code == 200, query
+        assert request_ids(resp) == ids, query
+    resp = client.get("/usage/?from=yesterday")
+    assert "“yesterday” is not a date like 2025-01-31, so it was ignored." in text(resp)
+
+
+@pytest.mark.promise("P30")
+def test_filters_that_match_nothing(app, client, ada):
+    add_usage(app, ada, 2)
+    resp = client.get("/usage/?model=gpt-5-ultra")
+    page = text(resp)
+    assert "No requests match these filters" in page
+    assert '<a class="button secondary small" href="/usage/">Reset filters</a>' in page
+    assert "No requests yet" not in page
+    # The filter form stays, with the unknown model still selected, so it can be changed.
+    assert '<option value="gpt-5-ultra" selected>' in page
+
+
+# ---- htmx --------------------------------------------------------------------------------
+
+@pytest.mark.promise("P30")
+def test_htmx_gets_only_the_table_fragment(app, client, ada):
+    ids = add_usage(app, ada, 70, model="gpt-4o")
+    resp = client.get("/usage/?page=2&model=gpt-4o&key=&status=&from=&to=", headers=HX)
+    fragment = text(resp)
+    assert resp.status_code == 200
+    assert "<html" not in fragment and "<nav aria-label=\"Main\"" not in fragment
+    assert 'id="stat-requests"' not in fragment and "<form" not in fragment
+    assert RID_RE.findall(fragment) == ids[50:]
+    assert "Page 2 of 2" in fragment
+    # The address bar gets the tidy URL; caches keep page and fragment apart.
+    assert resp.headers["HX-Push-Url"] == "/usage/?model=gpt-4o&page=2"
+    assert "HX-Request" in resp.headers["Vary"]
+    # The full page includes the same fragment.
+    full = text(client.get("/usage/?page=2&model=gpt-4o"))
+    assert "<html" in full and 'id="usage-table"' in full and 'id="stat-requests"' in full
+    assert RID_RE.findall(full) == ids[50:]
+    # The filter form and pager ask htmx for the fragment, and still work without it.
+    assert 'method="get" action="/usage/"' in full and 'hx-get="/usage/" hx-target="#usage-table"' in full
+    # A back-button history restore needs the whole page.
+    restore = text(client.get("/usage/?page=2", headers={**HX, "HX-History-Restore-Request": "true"}))
+    assert "<html" in restore
+
+
+# ---- first run --------------------------------------------------------------------------------
+
+@pytest.mark.promise("P30")
+def test_empty_state_explains_how_to_call_the_relay(client, ada):
+    page = text(client.get("/usage/"))
+    assert "No requests yet" in page
+    assert '<code class="pill" id="base-url">http://localhost/v1</code>' in page
+    assert 'OpenAI(\n    base_url="http://localhost/v1",\n    api_key="YOUR_KEY",' in page
+    assert "client.chat.completions.create(" in page
+    assert 'Anthropic(\n    base_url="http://localhost",' in page
+    assert 'href="/keys/"' in page
+    assert "<form class=\"usage-filters\"" not in page  # nothing to filter yet
+    # Filters on an account with no requests still get the first-run help.
+    assert "No requests yet" in text(client.get("/usage/?model=gpt-4o"))
+
+
+def test_empty_state_uses_the_configured_base_url(make_app):
+    from tests.conftest import Forms
+    app = make_app(BASE_URL="https://relay.example.org/")
+    client = app.test_client()
+    with app.app_context():
+        from app.models import User
+        from app.services.passwords import hash_password
+        db.session.add(User(email="ada@example.com", email_key="ada@example.com",
+                            password_hash=hash_password("correct horse battery"), age_confirmed_at=utcnow(),
+                            email_verified_at=utcnow()))
+        db.session.commit()
+    Forms(client).post("/login", {"email": "ada@example.com", "password": "correct horse battery"})
+    page = text(client.get("/usage/"))
+    assert 'base_url="https://relay.example.org/v1"' in page
+    assert 'base_url="https://relay.example.org",' in page
