@@ -43,13 +43,21 @@ class LiveServer:
 
 
 @pytest.fixture(scope="module")
-def live_server(database_url, smtp, ratelimit_storage, tmp_path_factory):
+def live_server_settings() -> dict:
+    """Extra settings for this module's live server; a test module overrides it
+    (e.g. to give the relay a providers file)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def live_server(database_url, smtp, ratelimit_storage, tmp_path_factory, live_server_settings):
     """The app on a real port. Module-scoped, and stopped (mail thread too) at
     the end, so it never sends mail that other tests queue in the same database."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     app = create_app(settings(database_url, smtp, ratelimit_storage, tmp_path_factory.mktemp("instance"),
-                              MAIL_WORKER="thread", SESSION_COOKIE_SECURE="false", BASE_URL=url))
+                              MAIL_WORKER="thread", SESSION_COOKIE_SECURE="false", BASE_URL=url,
+                              **live_server_settings))
     with app.app_context():
         limiter.reset()
     server = make_server("127.0.0.1", port, app, threaded=True, request_handler=QuietHandler)

@@ -1,0 +1,72 @@
+"""The relay as a person meets it: make a key in the browser, call the relay
+with the official SDK, see the request in the usage table, revoke the key,
+and watch the SDK refuse."""
+from __future__ import annotations
+
+import os
+
+import openai
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.e2e.test_keys_page import create_key, sign_up_verified
+from tests.fakes.provider import FakeProvider
+
+UPSTREAM_KEY = "sk-e2e-upstream"
+
+
+@pytest.fixture(scope="module")
+def fake():
+    server = FakeProvider(api_key=UPSTREAM_KEY).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def live_server_settings(fake, tmp_path_factory):
+    path = tmp_path_factory.mktemp("providers") / "providers.toml"
+    path.write_text(f"""
+[providers.upstream]
+kind = "openai"
+base_url = "{fake.base_url}/v1"
+api_key_env = "E2E_RELAY_UPSTREAM_KEY"
+
+[[models]]
+name = "gpt-e2e"
+targets = [ {{ provider = "upstream", model = "gpt-upstream" }} ]
+price = {{ input = 2.0, output = 4.0 }}
+""")
+    os.environ["E2E_RELAY_UPSTREAM_KEY"] = UPSTREAM_KEY
+    yield {"PROVIDERS_FILE": str(path)}
+    os.environ.pop("E2E_RELAY_UPSTREAM_KEY", None)
+
+
+@pytest.mark.promise("P10", "P20", "P22")
+def test_key_sdk_usage_revoke(page: Page, live_server, smtp, fake):
+    sign_up_verified(page, live_server, smtp, name="relay")
+    nav = page.get_by_role("navigation", name="Main")
+    nav.get_by_role("link", name="Keys").click()
+    key = create_key(page, "notebook")
+
+    client = openai.OpenAI(base_url=live_server("/v1"), api_key=key, max_retries=0)
+    reply = client.chat.completions.with_raw_response.create(
+        model="gpt-e2e", messages=[{"role": "user", "content": "ping from the browser test"}])
+    request_id = reply.headers["x-request-id"]
+    assert reply.parse().choices[0].message.content == "echo: ping from the browser test"
+
+    # The row is written just after the answer; the usage page shows it.
+    live_server.app.extensions["meter"].flush(10)
+    nav.get_by_role("link", name="Usage").click()
+    table = page.locator("#usage-table")
+    expect(table).to_contain_text("gpt-e2e")
+    expect(table).to_contain_text(request_id[:12])
+    expect(table).to_contain_text("notebook")
+    expect(table.get_by_text("provider", exact=True).first).to_be_visible()
+
+    # Revoke through the confirmation page; the very next SDK call is refused.
+    nav.get_by_role("link", name="Keys").click()
+    page.get_by_role("link", name="Revoke notebook").click()
+    page.get_by_role("button", name="Revoke key").click()
+    expect(page.locator("tr", has_text="notebook")).to_contain_text("revoked")
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(model="gpt-e2e", messages=[{"role": "user", "content": "again"}])
