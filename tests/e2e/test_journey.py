@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 
 import pyotp
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.e2e.flows import MAIL_TIMEOUT, PASSWORD, expect_dashboard, sign_up_and_log_in, unique_email
 from tests.fakes.smtp import link
 
 pytestmark = pytest.mark.e2e
 
-PASSWORD = "correct horse battery staple"
 NEW_PASSWORD = "a brand new passphrase, longer"
-MAIL_TIMEOUT = 15
-
-
-def unique_email(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:8]}@example.com"
 
 
 def log_out(page: Page) -> None:
@@ -40,11 +34,6 @@ def enter_code(page: Page, code: str) -> None:
     expect(page.get_by_role("heading", name="Enter your code")).to_be_visible()
     page.get_by_label("Authentication code").fill(code)
     page.get_by_role("button", name="Verify").click()
-
-
-def expect_dashboard(page: Page) -> None:
-    expect(page.get_by_role("heading", name=re.compile(r"^Welcome"))).to_be_visible()
-    expect(page).to_have_url(re.compile(r"/dashboard$"))
 
 
 @pytest.mark.promise("P03", "P05")
@@ -169,19 +158,7 @@ def test_signup_verify_2fa_and_every_way_to_sign_in(page: Page, live_server, smt
 
 @pytest.mark.promise("P04")
 def test_edit_profile_name_in_place(page: Page, live_server, smtp):
-    email = unique_email("grace")
-    page.goto(live_server("/signup"))
-    page.get_by_label("Email", exact=True).fill(email)
-    page.get_by_label("Password", exact=True).fill(PASSWORD)
-    page.get_by_label(re.compile(r"I am at least \d+ years old")).check()
-    page.get_by_label(re.compile(r"I have read and accept the privacy policy")).check()
-    page.get_by_role("button", name="Create account").click()
-    expect(page.get_by_role("heading", name="Check your email")).to_be_visible()
-    page.get_by_role("link", name="Go to log in").click()
-    page.get_by_label("Email", exact=True).fill(email)
-    page.get_by_label("Password", exact=True).fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    expect_dashboard(page)
+    sign_up_and_log_in(page, live_server, "grace")
 
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Account").click()
     row = page.locator("#profile-name")

@@ -8,31 +8,11 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.e2e.test_journey import MAIL_TIMEOUT, PASSWORD, expect_dashboard, unique_email
-from tests.fakes.smtp import link
+from tests.e2e.flows import PASSWORD, sign_up_verified
 
 pytestmark = pytest.mark.e2e
 
 KEY_RE = re.compile(r"rk_[A-Za-z0-9_-]{40}")
-
-
-def sign_up_verified(page: Page, live_server, smtp, name: str = "keys") -> str:
-    """Sign up, confirm the address from the mail, log in; return the email."""
-    email = unique_email(name)
-    page.goto(live_server("/signup"))
-    page.get_by_label("Email", exact=True).fill(email)
-    page.get_by_label("Password", exact=True).fill(PASSWORD)
-    page.get_by_label(re.compile(r"I am at least \d+ years old")).check()
-    page.get_by_label(re.compile(r"I have read and accept the privacy policy")).check()
-    page.get_by_role("button", name="Create account").click()
-    expect(page.get_by_role("heading", name="Check your email")).to_be_visible()
-    page.goto(link(smtp.mailbox.wait_for(email, "Confirm your email", timeout=MAIL_TIMEOUT)))
-    expect(page.get_by_text("Thank you, your email address is confirmed.")).to_be_visible()
-    page.get_by_label("Email", exact=True).fill(email)
-    page.get_by_label("Password", exact=True).fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    expect_dashboard(page)
-    return email
 
 
 def create_key(page: Page, name: str, **options: str) -> str:

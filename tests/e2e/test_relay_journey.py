@@ -9,7 +9,8 @@ import openai
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.e2e.test_keys_page import create_key, sign_up_verified
+from tests.e2e.flows import sign_up_verified
+from tests.e2e.test_keys_page import create_key
 from tests.fakes.provider import FakeProvider
 
 UPSTREAM_KEY = "sk-e2e-upstream"

@@ -16,7 +16,7 @@ from playwright.sync_api import Browser, Page, expect
 from app.extensions import db
 from app.models import ApiKey, UsageRecord, User
 from app.models.types import utcnow
-from tests.e2e.test_journey import PASSWORD, expect_dashboard, unique_email
+from tests.e2e.flows import sign_up_and_log_in
 
 pytestmark = pytest.mark.e2e
 
@@ -24,27 +24,6 @@ pytestmark = pytest.mark.e2e
 def settled(page: Page) -> None:
     """Wait until htmx has finished its request and swap (the table is dimmed meanwhile)."""
     expect(page.locator("#usage-table")).not_to_have_class(re.compile(r"htmx-(request|swapping|settling)"))
-
-
-def sign_up_and_log_in(page: Page, live_server, name: str) -> str:
-    email = unique_email(name)
-    page.goto(live_server("/signup"))
-    page.get_by_label("Email", exact=True).fill(email)
-    page.get_by_label("Password", exact=True).fill(PASSWORD)
-    page.get_by_label(re.compile(r"I am at least \d+ years old")).check()
-    page.get_by_label(re.compile(r"I have read and accept the privacy policy")).check()
-    page.get_by_role("button", name="Create account").click()
-    expect(page.get_by_role("heading", name="Check your email")).to_be_visible()
-    page.get_by_role("link", name="Go to log in").click()
-    log_in(page, email)
-    return email
-
-
-def log_in(page: Page, email: str) -> None:
-    page.get_by_label("Email", exact=True).fill(email)
-    page.get_by_label("Password", exact=True).fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    expect_dashboard(page)
 
 
 def seed(app, email: str) -> None:
