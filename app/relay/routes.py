@@ -169,13 +169,13 @@ def _body(call: Call) -> tuple[dict | None, Response | None]:
     return body, None
 
 
-def _model(call: Call, registry: Registry) -> tuple[Model | None, Response | None]:
+def _model(call: Call, registry: Registry, record: bool = True) -> tuple[Model | None, Response | None]:
     model = registry.model(call.model)
     allowed = orjson.loads(call.key.allowed_models) if call.key.allowed_models else None
     if model is None or (allowed is not None and call.model not in allowed):
         what = "is not available through this relay" if model is None else "is not allowed for this API key"
         return None, _error(call, 404, f"The model '{call.model[:100]}' {what}.", "not_found_error"
-                            if call.api == "anthropic" else "invalid_request_error")
+                            if call.api == "anthropic" else "invalid_request_error", record=record)
     return model, None
 
 
@@ -297,7 +297,13 @@ def _settle_usage(call: Call, reported: tr.Usage | None, chars_in: int, chars_ou
         if plausible:
             call.usage, call.usage_source = reported, "provider"
             return
-    call.usage, call.usage_source = _estimate(chars_in, chars_out), "estimated"
+    estimate = _estimate(chars_in, chars_out)
+    if reported is not None and not reported.reported and reported.prompt_tokens > 0:
+        # A stream cut short after the provider counted the prompt: its input and
+        # cache counts are exact; only the output is estimated.
+        estimate = tr.Usage(reported.input_tokens, max(reported.output_tokens, estimate.output_tokens),
+                            reported.cache_read_tokens, reported.cache_write_tokens)
+    call.usage, call.usage_source = estimate, "estimated"
 
 
 def _text_chars_openai(obj: dict) -> int:
@@ -462,7 +468,10 @@ def _stream(call: Call, target: Target, resp: upstream.Response, model: Model, c
             else:
                 name = name or obj.get("type", "")
                 if name == "message_start":
+                    # Exact input and cache counts, but a provisional output count: not final
+                    # until message_delta, so a stream cut before it is an estimate.
                     reported = tr.usage_from_anthropic((obj.get("message") or {}).get("usage"))
+                    reported.reported = False
                 elif name == "message_delta":
                     u = obj.get("usage") or {}
                     base = reported or tr.Usage()
@@ -471,7 +480,7 @@ def _stream(call: Call, target: Target, resp: upstream.Response, model: Model, c
                         output_tokens=u.get("output_tokens", 0) or 0,
                         cache_read_tokens=u.get("cache_read_input_tokens") or base.cache_read_tokens,
                         cache_write_tokens=u.get("cache_creation_input_tokens") or base.cache_write_tokens,
-                        reported=True)
+                        reported=bool(u))
                 elif name == "message_stop":
                     clean_end = True
                 elif name == "error":
@@ -503,9 +512,11 @@ def _stream(call: Call, target: Target, resp: upstream.Response, model: Model, c
             yield tr.sse_openai(tr.openai_error(502, message))
     except GeneratorExit:
         # The client went away: drop the upstream call now, not when it finishes.
+        # (After an upstream failure it was told, it may leave first: keep that cause.)
         resp.close()
-        call.error_class = "client_disconnected"
-        call.status = 499
+        if call.error_class is None:
+            call.error_class = "client_disconnected"
+            call.status = 499
         raise
     finally:
         _settle_usage(call, reported, chars_in, chars_out)
@@ -556,7 +567,8 @@ def get_model(name: str):
     if failed:
         return failed
     call.model = name
-    model, failed = _model(call, current_app.extensions["relay_registry"])
+    # Looking a model up is not a model call: no usage row, found or not (as for the list).
+    model, failed = _model(call, current_app.extensions["relay_registry"], record=False)
     if failed:
         return failed
     if call.api == "anthropic":
@@ -567,13 +579,16 @@ def get_model(name: str):
     return Response(orjson.dumps(body), mimetype="application/json")
 
 
-@bp.after_request
 def _request_id(resp: Response) -> Response:
-    """Every relay response names its request (both SDKs' header spellings)."""
+    """Every relay response names its request (both SDKs' header spellings),
+    also the app's own 404/405/413 answers under /v1/ that no relay view saw."""
     rid = g.get("relay_request_id")
-    if rid:
-        resp.headers["x-request-id"] = rid
-        resp.headers["request-id"] = rid
+    if rid is None:
+        if not request.path.startswith("/v1/"):
+            return resp
+        rid = "req_" + secrets.token_hex(12)
+    resp.headers["x-request-id"] = rid
+    resp.headers["request-id"] = rid
     return resp
 
 
@@ -587,3 +602,4 @@ def init_app(app: Flask) -> None:
     init_meter(app)
     csrf.exempt(bp)
     app.register_blueprint(bp)
+    app.after_request(_request_id)

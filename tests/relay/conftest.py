@@ -53,6 +53,7 @@ connect_timeout = 1
 [providers.backup]
 kind = "openai_compatible"
 base_url = "{fake}/v1"
+api_key_env = "RELAY_TEST_OPENAI_KEY"
 first_byte_timeout = 2
 
 [[models]]
@@ -159,6 +160,10 @@ def relay_factory(database_url, smtp, ratelimit_storage, tmp_path_factory, fake)
         app = create_app(settings(database_url, smtp, ratelimit_storage, folder, BASE_URL=url,
                                   PROVIDERS_FILE=str(providers), **extra))
         server = make_server("127.0.0.1", port, app, threaded=True, request_handler=QuietHandler)
+        if not started:
+            # Rate-limit counters are keyed by key and account ids, which restart in
+            # each module's clean database: start each module with none (Redis is shared).
+            app.extensions["relay_limits"].storage.reset()
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         wait_port(port)

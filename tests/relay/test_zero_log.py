@@ -1,0 +1,363 @@
+"""Zero-log (P23): a canary string sent through every endpoint, streaming and
+not, in both API shapes and both translation directions, on success and on
+each error path, reaches the client and nothing else: not a log record, not a
+database row or the database's files, not a file under the instance folder,
+not the rate-limit store, not the server's stdout or stderr."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+
+import anthropic
+import httpx2 as httpx
+import openai
+import pytest
+import sqlalchemy as sa
+
+from app.extensions import db
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "x",
+                                            "parameters": {"type": "object", "properties": {}}}}
+A_WEATHER = {"name": "get_weather", "description": "x", "input_schema": {"type": "object", "properties": {}}}
+
+
+# Loggers of the client side of these tests (the SDKs and their HTTP stack) run
+# in this process too; they are the caller, not the relay.
+CLIENT_LOGGERS = {"openai", "anthropic", "httpx", "httpx2", "httpcore", "httpcore2"}
+
+
+class Canary:
+    def __init__(self):
+        self.hex = uuid.uuid4().hex
+        self.text = "CANARY-" + self.hex
+        # The distinctive part in the forms it could be stored in.
+        self.needles = [self.hex.encode(), self.hex.upper().encode(), self.hex.encode("utf-16-le")]
+
+    def found_in(self, data: bytes) -> bool:
+        return any(n in data for n in self.needles)
+
+
+def _drain(stream) -> str:
+    text = ""
+    for chunk in stream:
+        for c in getattr(chunk, "choices", ()):
+            text += c.delta.content or ""
+    return text
+
+
+def _all_paths(relay, fake, c: Canary) -> None:
+    """Every endpoint and path, each with the canary in the request (and, where
+    the fake can, in the provider's answer and error bodies)."""
+    oai, ant = relay.openai(), relay.anthropic()
+    msg = [{"role": "system", "content": f"system {c.text}"}, {"role": "user", "content": f"say {c.text}"}]
+    amsg = [{"role": "user", "content": f"say {c.text}"}]
+    heads = {"X-Relay-Project": "zero-log", "X-Relay-Tags": "canary-run"}
+
+    # -- successes: OpenAI shape, to an OpenAI provider and (translated) to an Anthropic one
+    for model in ("gpt-test", "claude-test", "fallback-test"):
+        r = oai.chat.completions.create(model=model, messages=msg, stop=[c.text + "-STOP"], user=c.text[:60],
+                                        extra_headers=heads)
+        assert c.text in r.choices[0].message.content
+        assert c.text in _drain(oai.chat.completions.create(model=model, messages=msg, stream=True))
+        assert c.text in _drain(oai.chat.completions.create(model=model, messages=msg, stream=True,
+                                                            stream_options={"include_usage": True}))
+        # tools: the canary in a tool result and in the arguments the model returns
+        call = oai.chat.completions.create(model=model, tools=[WEATHER], messages=[
+            {"role": "user", "content": f"weather {c.text}"}]).choices[0].message.tool_calls[0]
+        call.function.arguments = json.dumps({"city": c.text})
+        r = oai.chat.completions.create(model=model, tools=[WEATHER], messages=[
+            {"role": "user", "content": f"weather {c.text}"},
+            {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+            {"role": "tool", "tool_call_id": call.id, "content": c.text}])
+        assert r.choices[0].message.content
+        _drain(oai.chat.completions.create(model=model, tools=[WEATHER], stream=True,
+                                           messages=[{"role": "user", "content": f"weather {c.text}"}]))
+    # the provider's answer itself carries the canary
+    fake.push_fault(reply=f"answer {c.text}")
+    assert c.text in oai.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "hi"}]) \
+        .choices[0].message.content
+    fake.push_fault(reply=f"answer {c.text}")
+    assert c.text in _drain(oai.chat.completions.create(model="claude-test", stream=True,
+                                                        messages=[{"role": "user", "content": "hi"}]))
+
+    # -- successes: Anthropic shape, to an Anthropic provider and (translated) to an OpenAI one
+    for model in ("claude-test", "gpt-test"):
+        m = ant.messages.create(model=model, max_tokens=200, system=f"sys {c.text}", messages=amsg,
+                                stop_sequences=[c.text + "-STOP"], extra_headers=heads)
+        assert c.text in m.content[0].text
+        with ant.messages.stream(model=model, max_tokens=200, system=f"sys {c.text}", messages=amsg) as s:
+            assert c.text in s.get_final_message().content[0].text
+        use = ant.messages.create(model=model, max_tokens=200, tools=[A_WEATHER],
+                                  messages=[{"role": "user", "content": f"weather {c.text}"}]).content[0]
+        ant.messages.create(model=model, max_tokens=200, tools=[A_WEATHER], messages=[
+            {"role": "user", "content": f"weather {c.text}"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": use.id, "name": use.name,
+                                               "input": {"city": c.text}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": c.text}]}])
+        with ant.messages.stream(model=model, max_tokens=200, tools=[A_WEATHER],
+                                 messages=[{"role": "user", "content": f"weather {c.text}"}]) as s:
+            s.get_final_message()
+
+    # -- models: listed, and looked up by a name that is the canary
+    assert {m.id for m in oai.models.list()} >= {"gpt-test", "claude-test"}
+    with pytest.raises(openai.NotFoundError):
+        oai.models.retrieve(c.text)
+    with pytest.raises(anthropic.NotFoundError):
+        ant.models.retrieve(c.text)
+
+    # -- embeddings
+    oai.embeddings.create(model="embed-test", input=[c.text, f"more {c.text}"])
+    oai.embeddings.create(model="embed-test", input=c.text, encoding_format="float")
+
+    # -- the provider refuses, quoting the prompt back (passed to the client, kept nowhere)
+    fake.push_fault(status=400, message=f"bad prompt: {c.text}")
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.chat.completions.create(model="gpt-test", messages=msg)
+    assert c.text in e.value.message
+    fake.push_fault(status=400, message=f"bad prompt: {c.text}")
+    with pytest.raises(openai.BadRequestError):
+        oai.chat.completions.create(model="gpt-test", messages=msg, stream=True)
+    fake.push_fault(status=400, message=f"bad prompt: {c.text}")
+    with pytest.raises(openai.BadRequestError):
+        oai.chat.completions.create(model="claude-test", messages=msg)
+    fake.push_fault(status=400, message=f"bad prompt: {c.text}")
+    with pytest.raises(anthropic.BadRequestError) as ae:
+        ant.messages.create(model="claude-test", max_tokens=10, messages=amsg)
+    assert c.text in ae.value.body["error"]["message"]
+    fake.push_fault(status=400, message=f"bad prompt: {c.text}")
+    with pytest.raises(anthropic.BadRequestError):
+        ant.messages.create(model="gpt-test", max_tokens=10, messages=amsg, stream=True)
+    fake.push_fault(status=400, message=f"bad input: {c.text}")
+    with pytest.raises(openai.BadRequestError):
+        oai.embeddings.create(model="embed-test", input=c.text)
+    fake.push_fault(status=401, message=f"who are you {c.text}")
+    with pytest.raises(openai.APIStatusError):
+        oai.chat.completions.create(model="gpt-test", messages=msg)
+    fake.push_fault(status=422, message=f"unprocessable {c.text}")
+    with pytest.raises(anthropic.UnprocessableEntityError):
+        ant.messages.create(model="claude-test", max_tokens=10, messages=amsg)
+
+    # -- 5xx and 429 quoting the prompt: drained and dropped, then fallback
+    fake.push_fault(status=500, message=f"crashed on {c.text}")
+    assert c.text in oai.chat.completions.create(model="fallback-test", messages=msg).choices[0].message.content
+    fake.push_fault(status=429, message=f"slow down {c.text}")
+    with ant.messages.stream(model="fallback-test", max_tokens=100, messages=amsg) as s:
+        assert c.text in s.get_final_message().content[0].text
+    fake.push_fault(status=500, message=f"crashed on {c.text}")
+    fake.push_fault(status=503, message=f"overloaded by {c.text}")
+    with pytest.raises(openai.APIStatusError):
+        oai.chat.completions.create(model="fallback-test", messages=msg, stream=True)
+    fake.push_fault(status=429, message=f"slow down {c.text}")
+    with pytest.raises(anthropic.RateLimitError):
+        ant.messages.create(model="claude-test", max_tokens=10, messages=amsg)
+
+    # -- broken streams: dropped mid-way, and the provider's own in-stream error quoting the prompt
+    for model in ("gpt-test", "claude-test"):
+        fake.push_fault(drop_after=3)
+        with pytest.raises(openai.APIError):
+            _drain(oai.chat.completions.create(model=model, messages=msg, stream=True))
+        fake.push_fault(drop_after=3)
+        with pytest.raises(anthropic.APIError):
+            with ant.messages.stream(model=model, max_tokens=100, messages=amsg) as s:
+                s.get_final_message()
+        fake.push_fault(error_after=3, message=f"stream died at {c.text}")
+        with pytest.raises(openai.APIError) as e:
+            _drain(oai.chat.completions.create(model=model, messages=msg, stream=True))
+        assert c.text in str(e.value)
+        fake.push_fault(error_after=3, message=f"stream died at {c.text}")
+        with pytest.raises(anthropic.APIError):
+            with ant.messages.stream(model=model, max_tokens=100, messages=amsg) as s:
+                s.get_final_message()
+        fake.push_fault(drop_after=1)  # a non-streamed answer cut in half
+        with pytest.raises(openai.APIStatusError):
+            oai.chat.completions.create(model=model, messages=msg)
+
+    # -- the client goes away mid-stream
+    fake.push_fault(chunk_delay=0.05, chunks=40)
+    with httpx.Client(timeout=10) as client:
+        with client.stream("POST", relay.url + "/v1/chat/completions",
+                           json={"model": "gpt-test", "stream": True, "messages": msg},
+                           headers={"Authorization": f"Bearer {relay.key}"}) as resp:
+            for line in resp.iter_lines():
+                if line.startswith("data:"):
+                    break
+
+    # -- requests the relay refuses itself
+    raw_headers = {"Authorization": f"Bearer {relay.key}", "Content-Type": "application/json"}
+    for path in ("/v1/chat/completions", "/v1/messages", "/v1/embeddings"):
+        r = httpx.post(relay.url + path, headers=raw_headers,
+                       content=('{"model": "gpt-test", "messages": [{"role": "user", "content": "%s"' % c.text).encode())
+        assert r.status_code == 400
+        r = httpx.post(relay.url + path, headers=raw_headers, content=json.dumps([c.text]).encode())
+        assert r.status_code == 400
+    with pytest.raises(openai.BadRequestError):  # an invalid project header
+        oai.chat.completions.create(model="gpt-test", messages=msg, extra_headers={"X-Relay-Project": f"{c.text} x"})
+    with pytest.raises(openai.BadRequestError):  # invalid tags
+        oai.chat.completions.create(model="gpt-test", messages=msg, extra_headers={"X-Relay-Tags": f"ok,{c.text}"})
+    with pytest.raises(anthropic.BadRequestError):
+        ant.messages.create(model="claude-test", max_tokens=5, messages=amsg,
+                            extra_headers={"X-Relay-Tags": c.text + "!"})
+    with pytest.raises(openai.BadRequestError):  # untranslatable: a role that is the canary
+        oai.chat.completions.create(model="claude-test", messages=[{"role": c.text, "content": c.text}])
+    with pytest.raises(anthropic.BadRequestError):
+        ant.messages.create(model="gpt-test", max_tokens=5, messages=[{"role": c.text, "content": c.text}])
+    with pytest.raises(openai.BadRequestError):  # missing messages, canary elsewhere in the body
+        oai.post("/chat/completions", body={"model": "gpt-test", "prompt": c.text}, cast_to=object)
+    with pytest.raises(anthropic.BadRequestError):  # missing max_tokens
+        ant.post("/v1/messages", body={"model": "claude-test", "messages": amsg}, cast_to=object)
+    _, allow = relay.make_key(name="allowlist", models=["gpt-test"])
+    with pytest.raises(openai.NotFoundError):  # a model this key may not use
+        relay.openai(allow).chat.completions.create(model="claude-test", messages=msg)
+    _, slow = relay.make_key(name="limited", rpm_limit=1)
+    relay.openai(slow).chat.completions.create(model="gpt-test", messages=msg)
+    with pytest.raises(openai.RateLimitError):
+        relay.openai(slow).chat.completions.create(model="gpt-test", messages=msg)
+    with pytest.raises(openai.AuthenticationError):  # the canary as a key
+        relay.openai(c.text).chat.completions.create(model="gpt-test", messages=msg)
+    with pytest.raises(anthropic.AuthenticationError):
+        relay.anthropic(c.text).messages.create(model="claude-test", max_tokens=5, messages=amsg)
+    r = httpx.post(relay.url + "/v1/messages", json={"model": "claude-test", "max_tokens": 5, "messages": amsg},
+                   headers={"x-api-key": c.text})
+    assert r.status_code == 401
+
+
+def _settle(relay, quiet: float = 0.3, timeout: float = 10) -> None:
+    """Wait until every request's row is written (streams finish a moment after the client)."""
+    deadline = time.monotonic() + timeout
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        n = len(relay.rows())
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since > quiet:
+            return
+        time.sleep(0.05)
+
+
+def _files(root: Path):
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            p = Path(dirpath) / name
+            if p.is_file() and not p.is_symlink():
+                yield p
+
+
+def _scan(apps, caplog, capfd, c: Canary) -> list[str]:
+    """Everything the relay could have kept; returns where the canary was found."""
+    leaks = []
+    # every log record: message, arguments, exception text
+    fmt = logging.Formatter()
+    for rec in caplog.records:
+        if rec.name.split(".")[0] in CLIENT_LOGGERS:
+            continue  # the test's own SDK clients, which log what they send at DEBUG
+        parts = [str(rec.msg), repr(rec.args), rec.getMessage(), rec.exc_text or "", rec.stack_info or ""]
+        if rec.exc_info:
+            parts.append(fmt.formatException(rec.exc_info))
+        if c.found_in("\n".join(parts).encode()):
+            leaks.append(f"log record {rec.name}:{rec.levelname}")
+    out, err = capfd.readouterr()
+    if c.found_in(out.encode()):
+        leaks.append("stdout")
+    if c.found_in(err.encode()):
+        leaks.append("stderr")
+
+    app = apps[0]
+    with app.app_context():
+        engine = db.engine
+        # every table, every row (SQLite and PostgreSQL)
+        with engine.connect() as conn:
+            for table in db.metadata.sorted_tables:
+                for row in conn.execute(sa.select(table)):
+                    if c.found_in(repr(tuple(row)).encode()):
+                        leaks.append(f"table {table.name}")
+                        break
+        url = sa.engine.make_url(app.config["SQLALCHEMY_DATABASE_URI"])
+        if engine.dialect.name == "sqlite":
+            base = Path(url.database)
+            for p in (base, *(Path(str(base) + s) for s in ("-wal", "-journal", "-shm"))):
+                if p.exists() and c.found_in(p.read_bytes()):
+                    leaks.append(f"database file {p}")
+            assert base.exists() and base.stat().st_size > 0
+        else:
+            with engine.connect() as conn:
+                conn.execute(sa.text("CHECKPOINT"))
+                data_dir = Path(conn.execute(sa.text("SHOW data_directory")).scalar())
+            for root in (data_dir, data_dir.parent):
+                for p in (_files(root) if root == data_dir else [root / "log"]):
+                    try:
+                        if p.exists() and c.found_in(p.read_bytes()):
+                            leaks.append(f"postgres file {p}")
+                    except OSError:
+                        pass
+        storage = app.config["RATELIMIT_STORAGE_URI"]
+        if storage.startswith("redis"):
+            import redis
+            r = redis.Redis.from_url(storage)
+            for key in r.scan_iter():
+                if c.found_in(key) or c.found_in(r.dump(key) or b""):
+                    leaks.append(f"redis key {key!r}")
+        db.engine.dispose()
+    # every file under each app's instance folder
+    for a in apps:
+        for p in _files(Path(a.instance_path)):
+            if c.found_in(p.read_bytes()):
+                leaks.append(f"instance file {p}")
+    return leaks
+
+
+@pytest.fixture
+def all_logs(caplog):
+    """Every logger at DEBUG for the test, werkzeug's included."""
+    caplog.set_level(logging.DEBUG)
+    for name in ["werkzeug", "app", "app.relay", "sqlalchemy", "urllib3", *logging.root.manager.loggerDict]:
+        if name.split(".")[0] not in CLIENT_LOGGERS:
+            caplog.set_level(logging.DEBUG, logger=name)
+    # The clients quiet, so that they write nothing to stderr either. (Not with
+    # caplog.set_level: that would also raise the capture handler's level.)
+    saved = {name: logging.getLogger(name).level for name in CLIENT_LOGGERS}
+    for name in CLIENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    yield caplog
+    for name, level in saved.items():
+        logging.getLogger(name).setLevel(level)
+
+
+@pytest.mark.promise("P23")
+def test_canary_reaches_the_client_and_nothing_else(relay, relay_factory, fake, all_logs, capfd):
+    c = Canary()
+    mark = relay.mark()
+    _all_paths(relay, fake, c)
+
+    # A body over the size limit, on a relay with a small one.
+    small = relay_factory(RELAY_MAX_BODY_MB="1")
+    big = json.dumps({"model": "gpt-test", "messages": [{"role": "user", "content": c.text * 30_000}]})
+    try:
+        r = httpx.post(small.url + "/v1/chat/completions", content=big.encode(),
+                       headers={"Authorization": f"Bearer {small.key}", "Content-Type": "application/json"})
+        assert r.status_code == 413 and r.headers["x-request-id"], (r.status_code, r.headers, r.text)
+    except httpx.TransportError:
+        pass  # the server may close before reading the whole upload; still nothing may be kept
+    # and the same canary through a normal call on it
+    assert c.text in small.anthropic().messages.create(
+        model="claude-test", max_tokens=100, messages=[{"role": "user", "content": c.text}]).content[0].text
+
+    _settle(relay)
+    rows = relay.rows()[mark:]
+    assert len(rows) == 71  # one row for each request above that got past authentication
+    assert {r.usage_source for r in rows} == {"provider", "estimated", "none"}
+    assert all(r.project in (None, "zero-log") for r in rows)
+    assert caplog_sanity(all_logs)
+
+    leaks = _scan([relay.app, small.app], all_logs, capfd, c)
+    assert leaks == [], f"the canary leaked to: {leaks}"
+
+
+def caplog_sanity(caplog) -> bool:
+    """The capture works: a DEBUG record from an app logger is seen (so an empty
+    scan is not an accident of log levels)."""
+    logging.getLogger("app.relay.routes").debug("zero-log capture check")
+    return any(r.getMessage() == "zero-log capture check" for r in caplog.records)
