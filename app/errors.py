@@ -30,7 +30,10 @@ def wants_json() -> bool:
 def render_error(code: int, detail: str | None = None):
     title, message = MESSAGES.get(code, (f"Error {code}", "The request could not be completed."))
     if wants_json():
-        return jsonify({"error": {"type": API_TYPES.get(code, "api_error"), "message": detail or message}}), code
+        type_ = API_TYPES.get(code, "api_error")
+        if request.path.startswith("/v1/messages"):  # Anthropic's SDK reads its own shape
+            return jsonify({"type": "error", "error": {"type": type_, "message": detail or message}}), code
+        return jsonify({"error": {"type": type_, "message": detail or message}}), code
     return render_template("errors/error.html", code=code, title=title, message=detail or message), code
 
 

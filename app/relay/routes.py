@@ -174,7 +174,11 @@ def _model(call: Call, registry: Registry, record: bool = True) -> tuple[Model |
     allowed = orjson.loads(call.key.allowed_models) if call.key.allowed_models else None
     if model is None or (allowed is not None and call.model not in allowed):
         what = "is not available through this relay" if model is None else "is not allowed for this API key"
-        return None, _error(call, 404, f"The model '{call.model[:100]}' {what}.", "not_found_error"
+        message = f"The model '{call.model[:100]}' {what}."
+        if model is None:
+            # A name no route knows is client text, not metadata: the row says only that (P23).
+            call.model = "(unknown model)"
+        return None, _error(call, 404, message, "not_found_error"
                             if call.api == "anthropic" else "invalid_request_error", record=record)
     return model, None
 

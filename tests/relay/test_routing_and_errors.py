@@ -382,6 +382,22 @@ def test_unknown_model_and_allowlist(relay, fake):
     assert [r.body["model"] for r in fake.requests] == ["gpt-upstream"]
     rows = relay.new_rows(mark, 5)
     assert [r.status_code for r in rows] == [404, 404, 200, 404, 404]
+    # A name no route knows is the client's text, not metadata: it is not stored (P23).
+    assert [r.model for r in rows] == ["(unknown model)", "(unknown model)", "gpt-test", "claude-test",
+                                       "claude-test"]
+
+
+@pytest.mark.promise("P20")
+def test_the_apps_own_errors_under_messages_use_anthropics_shape(relay):
+    with httpx.Client(base_url=relay.url) as http:
+        missing = http.post("/v1/messages/nope", headers={"x-api-key": relay.key}, json={})
+        wrong_method = http.get("/v1/messages", headers={"x-api-key": relay.key})
+        openai_side = http.get("/v1/nope", headers={"Authorization": f"Bearer {relay.key}"})
+    assert missing.status_code == 404 and missing.json()["type"] == "error"
+    assert missing.json()["error"]["type"] == "not_found_error"
+    assert wrong_method.status_code == 405 and wrong_method.json()["type"] == "error"
+    assert openai_side.status_code == 404 and "type" in openai_side.json()["error"]
+    assert missing.headers["x-request-id"]
 
 
 @pytest.mark.promise("P20")
