@@ -26,7 +26,7 @@ setup-test: $(VENV)/.installed-test
 # Plain http on loopback, so the session cookie's Secure flag is off unless you
 # set it. scripts/serve.sh migrates, publishes the policy and starts the server.
 run: setup
-	SESSION_COOKIE_SECURE=$${SESSION_COOKIE_SECURE:-false} ACCESS_LOG=$${ACCESS_LOG-1} bash scripts/serve.sh
+	SESSION_COOKIE_SECURE=$${SESSION_COOKIE_SECURE:-false} bash scripts/serve.sh
 
 system-deps:
 	bash scripts/install-system-deps.sh

@@ -12,6 +12,24 @@ from app.extensions import csrf, db, limiter, login_manager, migrate
 ROOT = config.ROOT
 
 
+def _tune_sqlite(app: Flask) -> None:
+    """WAL lets readers (the relay's key lookups) go on while the usage writer
+    commits; with the default rollback journal they wait for it. A busy timeout
+    turns rare writer collisions into a short wait instead of an error."""
+    if not app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        return
+    from sqlalchemy import event
+
+    with app.app_context():
+        @event.listens_for(db.engine, "connect")
+        def _pragmas(dbapi_conn, _record):
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=5000")
+            cur.close()
+
+
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     settings = config.load(overrides)
     app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"),
@@ -20,6 +38,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     logging.basicConfig(level=app.config["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     db.init_app(app)
+    _tune_sqlite(app)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"), render_as_batch=True)
     csrf.init_app(app)
     limiter.init_app(app)

@@ -124,7 +124,9 @@ def load(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "SECRET_KEY": secret,
         "INSTANCE_DIR": str(instance),
         "SQLALCHEMY_DATABASE_URI": db_url,
-        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        # A liveness ping per checkout guards against dropped server connections;
+        # a SQLite file has none to drop, and the relay checks out per request.
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": not db_url.startswith("sqlite")},
         "SITE_NAME": raw["SITE_NAME"],
         "BASE_URL": raw["BASE_URL"].rstrip("/"),
         # P02: one cookie, HttpOnly, Secure, SameSite=Lax.

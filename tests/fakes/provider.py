@@ -851,11 +851,13 @@ def main(argv: list[str] | None = None) -> None:
     fake.set_default_fault(**{k: v for k, v in default.items() if v is not None})
     if not args.quiet:
         print(f"fake provider on {fake.base_url}", flush=True)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
-    while not done.wait(1.0):
-        pass
+    # A plain flag, not an Event: Event.set() in a signal handler can deadlock
+    # with the Event.wait() it interrupts (both take the same lock).
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
+    while not stopping:
+        time.sleep(0.2)
     fake.stop()
 
 

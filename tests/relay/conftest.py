@@ -163,7 +163,7 @@ def relay_factory(database_url, smtp, ratelimit_storage, tmp_path_factory, fake)
         if not started:
             # Rate-limit counters are keyed by key and account ids, which restart in
             # each module's clean database: start each module with none (Redis is shared).
-            app.extensions["relay_limits"].storage.reset()
+            app.extensions["relay_limits"].reset()
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         wait_port(port)

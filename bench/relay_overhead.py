@@ -1,0 +1,1058 @@
+"""Relay overhead benchmark: the same requests direct to a fake provider and through the relay, interleaved.
+
+    .venv/bin/python bench/relay_overhead.py [--server granian|gunicorn] [--quick] [--json]
+
+In one run it starts two loopback fake providers (tests/fakes/provider.py): one
+answering at once with 64-chunk streams, one streaming 20 chunks 50 ms apart. It
+prepares a throwaway instance folder (SQLite, a providers file pointing at the
+fakes, limits set out of reach, mail worker off), migrates it and creates a user
+and an API key in a separate process with the same environment, then starts the
+relay exactly as `make run` does: `bash scripts/serve.sh` (SERVER, BIND, WORKERS=2,
+ACCESS_LOG=1, SESSION_COOKIE_SECURE=false). It measures
+
+ 1. added latency p50/p99 at concurrency 1 (non-streaming chat, small body,
+    persistent stdlib http.client connections, direct and relay alternated);
+ 2. added latency p50/p99 and requests/s at concurrency 32 (wrk with a Lua
+    script when installed, else a Python multi-process asyncio load generator;
+    direct and relay rounds alternated);
+ 3. added time to first token of a 64-chunk stream at concurrency 1 (time until
+    the first event with non-empty content arrives);
+ 4. the most concurrent 20 x 50 ms streams held with no chunk delayed (a gap
+    more than 50 ms over the fake's 50 ms; the wait for the first event counts
+    as a gap too), ramping 100, 250, 500 streams, direct then relay per level;
+ 5. resident memory (VmRSS) of each relay worker at the peak of the 500-stream load;
+
+and prints the figures beside their targets (issue 4). Everything it started is
+stopped at the end, on Ctrl-C and on errors. "added" is always relay minus
+direct of the same statistic measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import http.client
+import json
+import os
+import re
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_PY = ROOT / ".venv" / "bin" / "python"
+if VENV_PY.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve() and __name__ == "__main__":
+    os.execv(str(VENV_PY), [str(VENV_PY), *sys.argv])  # the app and the fakes need the project's venv
+sys.path.insert(0, str(ROOT))
+
+UPSTREAM_KEY = "sk-fake-upstream"  # tests.fakes.provider.DEFAULT_KEY
+HIGH_LIMIT = "1000000000"
+STREAM_CHUNKS, CHUNK_DELAY = 20, 0.050
+STALL_SLACK = 0.050          # a chunk is delayed when its gap exceeds CHUNK_DELAY by more than this
+TTFT_CHUNKS = 64
+CHAT_PATH = "/v1/chat/completions"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+TARGETS = {  # issue 4, "Server and speed"
+    "added_p50_c1_ms": 1.0,
+    "added_ttft_ms": 2.0,
+    "rps_c32": 1000,
+    "streams": 500,
+    "rss_mib": 120,
+}
+
+PROVIDERS_TOML = """\
+# written by bench/relay_overhead.py
+[providers.fast]
+kind = "openai_compatible"
+base_url = "http://127.0.0.1:{fast}/v1"
+api_key_env = "BENCH_UPSTREAM_KEY"
+
+[providers.slow]
+kind = "openai_compatible"
+base_url = "http://127.0.0.1:{slow}/v1"
+api_key_env = "BENCH_UPSTREAM_KEY"
+read_timeout = 30
+
+[[models]]
+name = "bench"
+targets = [ {{ provider = "fast", model = "bench" }} ]
+price = {{ input = 0.15, output = 0.60 }}
+
+[[models]]
+name = "bench-64"
+targets = [ {{ provider = "fast", model = "bench-64" }} ]
+price = {{ input = 0.15, output = 0.60 }}
+
+[[models]]
+name = "bench-slow"
+targets = [ {{ provider = "slow", model = "bench-slow" }} ]
+price = {{ input = 0.15, output = 0.60 }}
+"""
+
+SMALL_BODY = json.dumps({"model": "bench", "max_tokens": 16,
+                         "messages": [{"role": "user", "content": "Say hello to the benchmark, briefly."}]},
+                        separators=(",", ":")).encode()
+TTFT_BODY = json.dumps({"model": "bench-64", "stream": True,
+                        "messages": [{"role": "user", "content": " ".join(f"w{i}" for i in range(TTFT_CHUNKS))}]},
+                       separators=(",", ":")).encode()
+STREAM_BODY = json.dumps({"model": "bench-slow", "stream": True,
+                          "messages": [{"role": "user", "content": " ".join(f"t{i}" for i in range(STREAM_CHUNKS))}]},
+                         separators=(",", ":")).encode()
+FIRST_CONTENT = re.compile(rb'"delta":\{"content":"[^"]')
+CHOICE_EVENT = b'"choices":[{'  # role, content and finish events; not the usage event nor [DONE]
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values, p: float) -> float:
+    """The p-th percentile (nearest rank) of values; NaN when empty."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
+    return s[k]
+
+
+def raw_request(port: int, auth: str, body: bytes) -> bytes:
+    return (f"POST {CHAT_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {auth}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+# ---------------------------------------------------------------------------- processes
+
+class Processes:
+    """Everything the benchmark starts, each in its own process group, stopped by id."""
+
+    def __init__(self):
+        self.procs: list[tuple[str, subprocess.Popen, int]] = []
+
+    def start(self, name: str, cmd: list[str], stop_signal: int = signal.SIGTERM, **kw) -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, start_new_session=True, **kw)
+        self.procs.append((name, proc, stop_signal))
+        return proc
+
+    def stop_all(self) -> None:
+        for name, proc, sig in reversed(self.procs):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + 10
+        for name, proc, _ in reversed(self.procs):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log(f"{name} (pid {proc.pid}) ignored SIGTERM: killing its process group")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # also any worker left behind in the group
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+        self.procs.clear()
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            out.append(int(entry))
+    return sorted(out)
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
+
+
+def rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def cpu_seconds(pids) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def own_cpu() -> float:
+    """CPU of this process and its waited-for children (wrk, load-generator processes)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent not idle since boot (all cores)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def wait_quiet(max_wait: float, busy_cores: float = 0.3) -> float:
+    """Wait (up to max_wait s) until other processes use under busy_cores for 3 s; return the last reading."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        b0, t0 = machine_busy(), time.monotonic()
+        time.sleep(3)
+        load = (machine_busy() - b0) / (time.monotonic() - t0)
+        if load < busy_cores or time.monotonic() >= deadline:
+            return load
+        log(f"machine busy ({load:.2f} cores used by other processes): waiting ...")
+
+
+class CPU:
+    """CPU seconds used by each party between two snapshots; "other" is every process this run did not start."""
+
+    def __init__(self, bench: "Bench"):
+        self.bench = bench
+        self.start = self._snap()
+
+    def _snap(self) -> dict[str, float]:
+        b = self.bench
+        return {"relay": cpu_seconds([b.server.pid, *b.workers]), "fakes": cpu_seconds(b.fake_pids),
+                "loadgen": own_cpu(), "machine": machine_busy(), "wall": time.monotonic()}
+
+    def delta(self) -> dict[str, float]:
+        end = self._snap()
+        d = {k: end[k] - self.start[k] for k in end}
+        d["other"] = max(0.0, d.pop("machine") - d["relay"] - d["fakes"] - d["loadgen"])
+        return {k: round(v, 3) for k, v in d.items()}
+
+
+def wait_http(port: int, key: str, proc: subprocess.Popen, logfile: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the relay exited with {proc.returncode}:\n{tail(logfile)}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/v1/models", headers={"Authorization": f"Bearer {key}"})
+            resp = conn.getresponse()
+            resp.read()
+            conn.close()
+            if resp.status == 200:
+                return
+            raise RuntimeError(f"GET /v1/models answered {resp.status}:\n{tail(logfile)}")
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"the relay did not answer on port {port} within {timeout}s:\n{tail(logfile)}")
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port}")
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# ---------------------------------------------------------------------------- HTTP response parsing
+
+class Parser:
+    """Incremental HTTP/1.1 response parser: feed() returns (body pieces, done)."""
+
+    __slots__ = ("buf", "state", "status", "remaining", "close")
+
+    def __init__(self):
+        self.buf = b""
+        self.state = 0  # 0 head, 1 content-length body, 2 chunk size, 3 chunk data, 4 chunk CRLF, 5 trailer, 6 done
+        self.status = 0
+        self.remaining = 0
+        self.close = False
+
+    def feed(self, data: bytes) -> tuple[list[bytes], bool]:
+        buf = self.buf + data if self.buf else data
+        out: list[bytes] = []
+        while True:
+            st = self.state
+            if st == 0:
+                i = buf.find(b"\r\n\r\n")
+                if i < 0:
+                    break
+                head = buf[:i].lower()
+                buf = buf[i + 4:]
+                self.status = int(head[9:12])
+                self.close = b"\r\nconnection: close" in head
+                if b"\r\ntransfer-encoding: chunked" in head:
+                    self.state = 2
+                else:
+                    m = re.search(rb"\r\ncontent-length: *(\d+)", head)
+                    if m is None:
+                        raise ValueError("response without length (connection-close framing unsupported)")
+                    self.remaining = int(m.group(1))
+                    self.state = 1 if self.remaining else 6
+            elif st == 1:
+                take = buf[:self.remaining]
+                if take:
+                    out.append(take)
+                self.remaining -= len(take)
+                buf = buf[len(take):]
+                if self.remaining:
+                    break
+                self.state = 6
+            elif st == 2:
+                i = buf.find(b"\r\n")
+                if i < 0:
+                    break
+                size = int(buf[:i].split(b";", 1)[0], 16)
+                buf = buf[i + 2:]
+                if size:
+                    self.remaining, self.state = size, 3
+                else:
+                    self.state = 5
+            elif st == 3:
+                if not buf:
+                    break
+                take = buf[:self.remaining]
+                out.append(take)
+                self.remaining -= len(take)
+                buf = buf[len(take):]
+                if self.remaining:
+                    break
+                self.state = 4
+            elif st == 4:
+                if len(buf) < 2:
+                    break
+                buf = buf[2:]
+                self.state = 2
+            elif st == 5:
+                if buf.startswith(b"\r\n"):
+                    buf = buf[2:]
+                    self.state = 6
+                else:
+                    i = buf.find(b"\r\n\r\n")
+                    if i < 0:
+                        break
+                    buf = buf[i + 4:]
+                    self.state = 6
+            else:
+                break
+        self.buf = buf
+        if self.state == 6 and buf:
+            raise ValueError("bytes after the end of the response")
+        return out, self.state == 6
+
+
+# ---------------------------------------------------------------------------- (1) c=1 latency
+
+def latency_c1(direct_port: int, relay_port: int, key: str, n: int, warmup: int) -> dict:
+    """Non-streaming chat at concurrency 1: one persistent http.client connection each side,
+    the two sides alternated (ABBA) so that drift hits both alike."""
+    sides = {
+        "direct": (direct_port, {"Authorization": f"Bearer {UPSTREAM_KEY}", "Content-Type": "application/json"}),
+        "relay": (relay_port, {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}),
+    }
+    conns = {}
+    for name, (port, _) in sides.items():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.connect()
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conns[name] = conn
+    times: dict[str, list[float]] = {"direct": [], "relay": []}
+    errors = {"direct": 0, "relay": 0}
+    perf = time.perf_counter
+
+    def one(name: str) -> None:
+        conn, headers = conns[name], sides[name][1]
+        t = perf()
+        conn.request("POST", CHAT_PATH, SMALL_BODY, headers)
+        resp = conn.getresponse()
+        resp.read()
+        dt = perf() - t
+        if resp.status != 200:
+            errors[name] += 1
+        times[name].append(dt)
+
+    for i in range(warmup + n):
+        order = ("direct", "relay") if i % 2 == 0 else ("relay", "direct")
+        for name in order:
+            one(name)
+        if i == warmup - 1:
+            times = {"direct": [], "relay": []}
+    for conn in conns.values():
+        conn.close()
+    return summarize_pair(times, errors)
+
+
+def summarize_pair(times: dict[str, list[float]], errors: dict[str, int]) -> dict:
+    out: dict = {"n": {k: len(v) for k, v in times.items()}, "errors": errors}
+    for name, ts in times.items():
+        out[name] = {"p50_ms": pct(ts, 50) * 1e3, "p99_ms": pct(ts, 99) * 1e3, "mean_ms": statistics.fmean(ts) * 1e3}
+    out["added_p50_ms"] = out["relay"]["p50_ms"] - out["direct"]["p50_ms"]
+    out["added_p99_ms"] = out["relay"]["p99_ms"] - out["direct"]["p99_ms"]
+    return out
+
+
+# ---------------------------------------------------------------------------- (2) c=32 throughput
+
+WRK_LUA = """\
+wrk.method = "POST"
+wrk.path = "{path}"
+wrk.body = [[{body}]]
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {auth}"
+done = function(summary, latency, requests)
+  io.write(string.format("BENCH %d %d %d %d %d %d %d %d %d\\n", summary.requests, summary.duration,
+    summary.errors.status, summary.errors.connect, summary.errors.read, summary.errors.write,
+    summary.errors.timeout, latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def wrk_run(port: int, auth: str, seconds: float, conns: int, workdir: Path) -> dict:
+    script = workdir / f"wrk-{port}.lua"
+    if not script.exists():
+        script.write_text(WRK_LUA.format(path=CHAT_PATH, body=SMALL_BODY.decode(), auth=auth))
+    threads = min(2, conns)
+    res = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s",
+                          "-s", str(script), f"http://127.0.0.1:{port}{CHAT_PATH}"],
+                         capture_output=True, text=True, timeout=seconds + 60)
+    line = next((ln for ln in res.stdout.splitlines() if ln.startswith("BENCH ")), None)
+    if res.returncode or line is None:
+        raise RuntimeError(f"wrk failed ({res.returncode}): {res.stdout[-2000:]} {res.stderr[-2000:]}")
+    req, dur, st, conn_e, read_e, write_e, to_e, p50, p99 = (int(x) for x in line.split()[1:])
+    return {"requests": req, "seconds": dur / 1e6, "rps": req / (dur / 1e6), "p50_ms": p50 / 1e3,
+            "p99_ms": p99 / 1e3, "errors": st + conn_e + read_e + write_e + to_e, "non2xx": st}
+
+
+class _Closed(asyncio.Protocol):
+    """One keep-alive connection sending `req` again as soon as each response ends, until `deadline`."""
+
+    def __init__(self, req: bytes, deadline: float, lat: list, done: asyncio.Future, counts: list):
+        self.req, self.deadline, self.lat, self.done, self.counts = req, deadline, lat, done, counts
+        self.parser = Parser()
+        self.t = 0.0
+        self.tr = None
+
+    def connection_made(self, tr):
+        self.tr = tr
+        tr.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._send()
+
+    def _send(self):
+        self.parser = Parser()
+        self.t = time.perf_counter()
+        self.tr.write(self.req)
+
+    def data_received(self, data):
+        _, finished = self.parser.feed(data)
+        if not finished:
+            return
+        now = time.perf_counter()
+        self.lat.append(now - self.t)
+        if self.parser.status != 200:
+            self.counts[1] += 1
+        self.counts[0] += 1
+        if now < self.deadline and not self.parser.close:
+            self._send()
+        else:
+            self.tr.close()
+
+    def connection_lost(self, exc):
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+def _py_load_proc(port: int, req: bytes, conns: int, seconds: float, q) -> None:
+    async def main():
+        loop = asyncio.get_running_loop()
+        lat: list[float] = []
+        counts = [0, 0]
+        t0 = time.perf_counter()
+        deadline = t0 + seconds
+        futs = []
+        for _ in range(conns):
+            fut = loop.create_future()
+            await loop.create_connection(lambda f=fut: _Closed(req, deadline, lat, f, counts), "127.0.0.1", port)
+            futs.append(fut)
+        await asyncio.gather(*futs)
+        return lat, counts, time.perf_counter() - t0
+    lat, counts, elapsed = asyncio.run(main())
+    q.put((lat, counts, elapsed))
+
+
+def pyload_run(port: int, auth: str, seconds: float, conns: int, procs: int = 2) -> dict:
+    import multiprocessing as mp
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    req = raw_request(port, auth, SMALL_BODY)
+    share = [conns // procs + (i < conns % procs) for i in range(procs)]
+    workers = [ctx.Process(target=_py_load_proc, args=(port, req, n, seconds, q)) for n in share if n]
+    for w in workers:
+        w.start()
+    results = [q.get(timeout=seconds + 60) for _ in workers]
+    for w in workers:
+        w.join(10)
+    lat = [x for r in results for x in r[0]]
+    n = sum(r[1][0] for r in results)
+    elapsed = max(r[2] for r in results)
+    return {"requests": n, "seconds": elapsed, "rps": n / elapsed, "p50_ms": pct(lat, 50) * 1e3,
+            "p99_ms": pct(lat, 99) * 1e3, "errors": sum(r[1][1] for r in results), "non2xx": sum(r[1][1] for r in results)}
+
+
+def throughput_c32(bench: "Bench", rounds: int, seconds: float, conns: int = 32) -> dict:
+    run = (lambda port, auth: wrk_run(port, auth, seconds, conns, bench.tmp)) if bench.loadgen == "wrk" else \
+        (lambda port, auth: pyload_run(port, auth, seconds, conns))
+    run(bench.relay_port, bench.key)  # warm-up round, not counted: pools fill, code paths warm
+    per: dict[str, list[dict]] = {"direct": [], "relay": []}
+    relay_cpu: list[dict] = []
+    for r in range(rounds):
+        for name in (("direct", "relay") if r % 2 == 0 else ("relay", "direct")):
+            if name == "direct":
+                per[name].append(run(bench.fast_port, UPSTREAM_KEY))
+            else:
+                cpu = CPU(bench)
+                per[name].append(run(bench.relay_port, bench.key))
+                relay_cpu.append(cpu.delta())
+    out: dict = {"concurrency": conns, "rounds": rounds, "seconds_per_round": seconds, "per_round": per}
+    for name, rs in per.items():
+        reqs = sum(x["requests"] for x in rs)
+        secs = sum(x["seconds"] for x in rs)
+        out[name] = {"rps": reqs / secs, "p50_ms": statistics.median(x["p50_ms"] for x in rs),
+                     "p99_ms": statistics.median(x["p99_ms"] for x in rs), "requests": reqs,
+                     "errors": sum(x["errors"] for x in rs)}
+    out["added_p50_ms"] = out["relay"]["p50_ms"] - out["direct"]["p50_ms"]
+    out["added_p99_ms"] = out["relay"]["p99_ms"] - out["direct"]["p99_ms"]
+    relay_secs = sum(c["relay"] for c in relay_cpu)
+    out["relay_cpu_us_per_request"] = relay_secs / max(1, out["relay"]["requests"]) * 1e6
+    out["cpu_during_relay_rounds_s"] = {k: round(sum(c[k] for c in relay_cpu), 2) for k in relay_cpu[0]}
+    out["wall_relay_rounds_s"] = sum(x["seconds"] for x in per["relay"])
+    return out
+
+
+# ---------------------------------------------------------------------------- (3) time to first token
+
+def _ttft_once(sock: socket.socket, req: bytes) -> tuple[float, float, int]:
+    """Send one streaming request on a keep-alive socket; (time to first content, time to end, status)."""
+    parser = Parser()
+    perf = time.perf_counter
+    t0 = perf()
+    sock.sendall(req)
+    first = None
+    seen = b""
+    while True:
+        data = sock.recv(262144)
+        if not data:
+            raise ConnectionError("connection closed mid-response")
+        pieces, done = parser.feed(data)
+        if first is None and pieces:
+            seen += b"".join(pieces)
+            if FIRST_CONTENT.search(seen):
+                first = perf() - t0
+        if done:
+            end = perf() - t0
+            return (first if first is not None else float("nan")), end, parser.status
+
+
+def ttft_c1(direct_port: int, relay_port: int, key: str, n: int, warmup: int) -> dict:
+    reqs = {"direct": raw_request(direct_port, UPSTREAM_KEY, TTFT_BODY), "relay": raw_request(relay_port, key, TTFT_BODY)}
+    socks = {}
+    for name, port in (("direct", direct_port), ("relay", relay_port)):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        socks[name] = s
+    first: dict[str, list[float]] = {"direct": [], "relay": []}
+    total: dict[str, list[float]] = {"direct": [], "relay": []}
+    errors = {"direct": 0, "relay": 0}
+    for i in range(warmup + n):
+        for name in (("direct", "relay") if i % 2 == 0 else ("relay", "direct")):
+            f, e, status = _ttft_once(socks[name], reqs[name])
+            if i < warmup:
+                continue
+            if status != 200 or f != f:
+                errors[name] += 1
+                continue
+            first[name].append(f)
+            total[name].append(e)
+    for s in socks.values():
+        s.close()
+    out = summarize_pair(first, errors)
+    out["stream_end_p50_ms"] = {k: pct(v, 50) * 1e3 for k, v in total.items()}
+    out["chunks"] = TTFT_CHUNKS
+    return out
+
+
+# ---------------------------------------------------------------------------- (4)+(5) concurrent streams
+
+class _Stream:
+    """One keep-alive connection running 20 x 50 ms streams back to back until the level ends.
+
+    Kept lean, since it shares the 2 cores with what it measures: no HTTP parse per read.
+    Events are counted by a byte pattern that only the role, content and finish events
+    carry, and a response ends at the chunked terminator (both the fake and the relay
+    send these streams chunked)."""
+
+    __slots__ = ("sock", "last", "started", "events", "head", "tail", "done")
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.last = 0.0
+        self.started = False
+        self.events = 0
+        self.head = True
+        self.tail = b""
+        self.done = True
+
+
+class _Level:
+    def __init__(self, n: int, deadline: float):
+        self.n, self.deadline = n, deadline
+        self.gaps: list[float] = []
+        self.first: list[float] = []
+        self.delayed = self.slow_first = self.errors = self.streams = 0
+        self.active = 0
+
+
+_END = b"\r\n0\r\n\r\n"
+
+
+def stream_level(port: int, req: bytes, n: int, hold: float, ramp: float, sample=None, sample_every=0.1) -> dict:
+    """Open n connections spread over `ramp` seconds, each running streams back to back for `hold`
+    more seconds; one epoll loop, no asyncio (its per-read overhead doubled this client's CPU)."""
+    import select
+    perf = time.perf_counter
+    limit = CHUNK_DELAY + STALL_SLACK
+    ep = select.epoll()
+    t0 = perf()
+    lv = _Level(n, t0 + ramp + hold)
+    conns: dict[int, _Stream] = {}
+    active_samples: list[int] = []
+    opened = 0
+    next_sample = t0 + ramp
+
+    def send(st: _Stream) -> None:
+        st.last = perf()
+        st.started = False
+        st.events = 0
+        st.head = True
+        st.tail = b""
+        st.done = False
+        st.sock.send(req)
+
+    def close(fd: int) -> None:
+        st = conns.pop(fd)
+        ep.unregister(fd)
+        st.sock.close()
+
+    while opened < n or conns:
+        now = perf()
+        while opened < n and now >= t0 + ramp * opened / n:
+            try:
+                sock = socket.create_connection(("127.0.0.1", port))
+            except OSError:
+                lv.errors += 1
+                opened += 1
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)
+            st = _Stream(sock)
+            conns[sock.fileno()] = st
+            ep.register(sock.fileno(), select.EPOLLIN)
+            send(st)
+            opened += 1
+            now = perf()
+        if now >= next_sample:
+            if now <= lv.deadline:
+                active_samples.append(lv.active)
+                if sample:
+                    sample()
+            next_sample = now + sample_every
+        wait = min(next_sample, t0 + ramp * opened / n if opened < n else next_sample) - perf()
+        for fd, _ in ep.poll(max(0.0, wait)):
+            st = conns.get(fd)
+            if st is None:
+                continue
+            try:
+                data = st.sock.recv(262144)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            now = perf()
+            if not data:
+                if not st.done:  # closed in the middle of a response
+                    lv.errors += 1
+                    if st.started:
+                        lv.active -= 1
+                close(fd)
+                continue
+            if st.head:
+                st.head = False
+                if not data.startswith(b"HTTP/1.1 200") or b"chunked" not in data[:1024].lower():
+                    lv.errors += 1
+            k = data.count(CHOICE_EVENT)
+            if k:
+                gap = now - st.last
+                if not st.started:
+                    st.started = True
+                    lv.active += 1
+                    lv.first.append(gap)
+                    if gap > limit:  # the fake sends its first event at once
+                        lv.slow_first += 1
+                else:
+                    lv.gaps.append(gap)
+                    if gap > limit:
+                        lv.delayed += 1
+                st.events += k
+                st.last = now
+            end = (st.tail + data).endswith(_END) if len(data) < len(_END) else data.endswith(_END)
+            st.tail = data[-8:]
+            if end:
+                st.done = True
+                if st.started:
+                    lv.active -= 1
+                if st.events < STREAM_CHUNKS + 2:
+                    lv.errors += 1
+                lv.streams += 1
+                if now < lv.deadline:
+                    send(st)
+                else:
+                    close(fd)
+        if perf() > lv.deadline + 60:
+            lv.errors += len(conns)
+            for fd in list(conns):
+                close(fd)
+    ep.close()
+    gaps = lv.gaps
+    return {"streams": n, "completed": lv.streams, "errors": lv.errors, "chunk_gaps": len(gaps),
+            "delayed": lv.delayed, "slow_first_event": lv.slow_first,
+            "gap_p50_ms": pct(gaps, 50) * 1e3, "gap_p99_ms": pct(gaps, 99) * 1e3,
+            "gap_max_ms": max(gaps) * 1e3 if gaps else float("nan"),
+            "first_event_p99_ms": pct(lv.first, 99) * 1e3,
+            "first_event_max_ms": max(lv.first) * 1e3 if lv.first else float("nan"),
+            "active_mean": statistics.fmean(active_samples) if active_samples else 0,
+            "active_min": min(active_samples) if active_samples else 0,
+            "stall_free": lv.delayed == 0 and lv.slow_first == 0 and lv.errors == 0}
+
+
+def streams_ramp(bench: "Bench", levels: list[int], hold: float) -> dict:
+    ramp = STREAM_CHUNKS * CHUNK_DELAY + 0.15
+    out: dict = {"levels": {}, "chunk_delay_ms": CHUNK_DELAY * 1e3,
+                 "delayed_when_gap_over_ms": (CHUNK_DELAY + STALL_SLACK) * 1e3, "hold_s": hold}
+    for n in levels:
+        row: dict = {}
+        for name, port, auth in (("direct", bench.slow_port, UPSTREAM_KEY), ("relay", bench.relay_port, bench.key)):
+            peak: dict[int, float] = {}
+
+            def sample(peak=peak):
+                for pid in bench.workers:
+                    peak[pid] = max(peak.get(pid, 0.0), rss_mib(pid))
+
+            cpu = CPU(bench)
+            res = stream_level(port, raw_request(port, auth, STREAM_BODY), n, hold, ramp,
+                               sample if name == "relay" else None)
+            res["cpu_s"] = cpu.delta()
+            if name == "relay":
+                res["rss_peak_mib"] = {str(pid): round(v, 1) for pid, v in peak.items()}
+                events = res["chunk_gaps"] + res["completed"]  # choice events through the relay
+                res["relay_cpu_us_per_event"] = res["cpu_s"]["relay"] / max(1, events) * 1e6
+            row[name] = res
+            log(f"  {n:4d} streams {name:6s}: {res['completed']} done, {res['delayed']} delayed gaps, "
+                f"{res['slow_first_event']} slow first events, max gap {res['gap_max_ms']:.0f} ms, "
+                f"active ~{res['active_mean']:.0f}, errors {res['errors']}, cpu {res['cpu_s']}")
+            time.sleep(0.5)
+        out["levels"][n] = row
+    held = [n for n, row in out["levels"].items() if row["relay"]["stall_free"]]
+    ok_prefix = 0
+    for n in levels:
+        if not out["levels"][n]["relay"]["stall_free"]:
+            break
+        ok_prefix = n
+    out["most_stall_free"] = ok_prefix
+    out["stall_free_levels"] = held
+    return out
+
+
+# ---------------------------------------------------------------------------- setup
+
+def setup_instance() -> None:
+    """Child process (same environment as the server): migrate, create a verified user and an API key."""
+    from flask_migrate import upgrade
+
+    from app import create_app
+    from app.extensions import db
+    from app.models import User
+    from app.models.types import utcnow
+    from app.services import keys as key_service
+
+    app = create_app()
+    with app.app_context():
+        upgrade()
+        with app.test_request_context():
+            user = User(email="bench@example.com", email_key="bench@example.com", password_hash="!unusable",
+                        age_confirmed_at=utcnow(), email_verified_at=utcnow())
+            db.session.add(user)
+            db.session.flush()
+            _, raw = key_service.create(user, "bench")
+            db.session.commit()
+        db.engine.dispose()
+    print("KEY " + raw, flush=True)
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.procs = Processes()
+        self.tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
+        self.loadgen = "python" if args.loadgen == "python" or not shutil.which("wrk") else "wrk"
+        self.fake_pids: list[int] = []
+        self.workers: list[int] = []
+        self.server: subprocess.Popen | None = None
+        self.key = ""
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GUNICORN_CMD_ARGS",))}
+        env.update({
+            "DATABASE_URL": f"sqlite:///{self.tmp / 'relay.db'}",
+            "INSTANCE_PATH": str(self.tmp / "instance"),
+            "SECRET_KEY": self.secret,
+            "PROVIDERS_FILE": str(self.tmp / "providers.toml"),
+            "BENCH_UPSTREAM_KEY": UPSTREAM_KEY,
+            "RELAY_KEY_RPM": HIGH_LIMIT, "RELAY_KEY_TPM": HIGH_LIMIT,
+            "RELAY_ACCOUNT_RPM": HIGH_LIMIT, "RELAY_ACCOUNT_TPM": HIGH_LIMIT,
+            "RATELIMIT_STORAGE_URI": "memory://", "REDIS_URL": "",
+            "MAIL_WORKER": "off", "MAIL_TRANSPORT": "file",
+            "LOG_LEVEL": "WARNING",
+            "SESSION_COOKIE_SECURE": "false",  # as `make run`
+            "BASE_URL": f"http://127.0.0.1:{self.relay_port}",
+            "FLASK_APP": "wsgi",
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.pop("ACCESS_LOG", None)
+        if self.args.access_log:
+            env["ACCESS_LOG"] = "1"  # `make run` sets ACCESS_LOG=1 unless told otherwise
+        return env
+
+    def start(self) -> None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < min(hard, 65536):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+        self.secret = secrets.token_urlsafe(48)
+        self.fast_port, self.slow_port, self.relay_port = free_port(), free_port(), free_port()
+        (self.tmp / "providers.toml").write_text(PROVIDERS_TOML.format(fast=self.fast_port, slow=self.slow_port))
+        fake = [sys.executable, "-m", "tests.fakes.provider", "--quiet"]
+        # The fakes keep nothing, and their SIGTERM handler can deadlock (Event.set() in a signal
+        # handler while the main thread waits on that Event): stop them with SIGKILL.
+        kw = {"cwd": ROOT, "stdout": subprocess.DEVNULL, "stop_signal": signal.SIGKILL}
+        f1 = self.procs.start("fake (instant, 64 chunks)", [*fake, "--port", str(self.fast_port), "--chunks",
+                                                            str(TTFT_CHUNKS)], **kw)
+        f2 = self.procs.start("fake (20 x 50 ms)", [*fake, "--port", str(self.slow_port), "--chunks",
+                                                    str(STREAM_CHUNKS), "--chunk-delay", str(CHUNK_DELAY)], **kw)
+        self.fake_pids = [f1.pid, f2.pid]
+        env = self.env()
+        res = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_setup"], env=env, cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+        line = next((ln for ln in res.stdout.splitlines() if ln.startswith("KEY ")), None)
+        if res.returncode or not line:
+            raise RuntimeError(f"instance setup failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+        self.key = line[4:]
+        wait_port(self.fast_port)
+        wait_port(self.slow_port)
+
+        env.update({"SERVER": self.args.server, "BIND": f"127.0.0.1:{self.relay_port}", "WORKERS": "2"})
+        self.server_log = self.tmp / "server.log"
+        with open(self.server_log, "wb") as fh:
+            self.server = self.procs.start(f"relay ({self.args.server})", ["bash", "scripts/serve.sh"], cwd=ROOT,
+                                           env=env, stdout=fh, stderr=subprocess.STDOUT)
+        t = time.monotonic()
+        wait_http(self.relay_port, self.key, self.server, self.server_log)
+        self.startup_s = time.monotonic() - t
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            self.workers = [p for p in children(self.server.pid) if "resource_tracker" not in cmdline(p)]
+            if len(self.workers) >= 2:
+                break
+            time.sleep(0.2)
+        self.idle_rss = {str(p): round(rss_mib(p), 1) for p in self.workers}
+
+    def stop(self) -> None:
+        self.procs.stop_all()
+        if not self.args.keep:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- report
+
+def fmt(v: float, unit: str = "ms", digits: int = 2) -> str:
+    if v != v:
+        return "-"
+    return f"{v:.{digits}f} {unit}".strip()
+
+
+def report(r: dict) -> str:
+    c1, c32, tt, st = r["c1"], r["c32"], r["ttft"], r["streams"]
+    peak = st["levels"].get(max(st["levels"])) if st["levels"] else None
+    rss = peak["relay"].get("rss_peak_mib", {}) if peak else {}
+    rss_vals = list(rss.values())
+    most = st["most_stall_free"]
+    rows = [
+        ("added latency p50, c=1", c1["direct"]["p50_ms"], c1["relay"]["p50_ms"], fmt(c1["added_p50_ms"]),
+         f"<= {TARGETS['added_p50_c1_ms']:g} ms", c1["added_p50_ms"] <= TARGETS["added_p50_c1_ms"]),
+        ("added latency p99, c=1", c1["direct"]["p99_ms"], c1["relay"]["p99_ms"], fmt(c1["added_p99_ms"]), "", None),
+        ("added latency p50, c=32", c32["direct"]["p50_ms"], c32["relay"]["p50_ms"], fmt(c32["added_p50_ms"]), "", None),
+        ("added latency p99, c=32", c32["direct"]["p99_ms"], c32["relay"]["p99_ms"], fmt(c32["added_p99_ms"]), "", None),
+        ("requests/s at c=32", c32["direct"]["rps"], c32["relay"]["rps"], f"{c32['relay']['rps']:.0f} rps",
+         f">= {TARGETS['rps_c32']} rps", c32["relay"]["rps"] >= TARGETS["rps_c32"]),
+        (f"added TTFT p50, {tt['chunks']}-chunk stream", tt["direct"]["p50_ms"], tt["relay"]["p50_ms"],
+         fmt(tt["added_p50_ms"]), f"<= {TARGETS['added_ttft_ms']:g} ms", tt["added_p50_ms"] <= TARGETS["added_ttft_ms"]),
+        ("added TTFT p99", tt["direct"]["p99_ms"], tt["relay"]["p99_ms"], fmt(tt["added_p99_ms"]), "", None),
+        ("stall-free 20x50 ms streams", None, None, f"{most}" if most else f"< {min(st['levels'])}",
+         f">= {TARGETS['streams']}", most >= TARGETS["streams"]),
+        (f"RSS per worker at {max(st['levels'])} streams", None, None,
+         ", ".join(f"{v:.0f}" for v in rss_vals) + " MiB", f"<= {TARGETS['rss_mib']} MiB",
+         bool(rss_vals) and max(rss_vals) <= TARGETS["rss_mib"]),
+    ]
+    w = 38
+    lines = [f"relay benchmark: SERVER={r['server']} via scripts/serve.sh, WORKERS=2, ACCESS_LOG={'1' if r['access_log'] else 'unset'}, "
+             f"c=32 load from {r['loadgen']}; {os.cpu_count()} cores shared by relay, fakes and load generator",
+             f"{'figure':{w}} {'direct':>10} {'relay':>10} {'result':>14}  {'target':<13} ok",
+             "-" * (w + 56)]
+    for name, d, rl, res, target, ok in rows:
+        ds = f"{d:.0f}" if name.startswith("requests") and d is not None else (fmt(d) if d is not None else "")
+        rs = f"{rl:.0f}" if name.startswith("requests") and rl is not None else (fmt(rl) if rl is not None else "")
+        ok_s = "" if ok is None else ("yes" if ok else "NO")
+        lines.append(f"{name:{w}} {ds:>10} {rs:>10} {res:>14}  {target:<13} {ok_s}")
+    lines.append("")
+    lines.append(f"c=1: {c1['n']['relay']} requests each side; c=32: {c32['rounds']} x {c32['seconds_per_round']:g} s "
+                 f"rounds each side, relay CPU {c32['relay_cpu_us_per_request']:.0f} us/request; CPU s during relay "
+                 f"rounds {c32['cpu_during_relay_rounds_s']} over {c32['wall_relay_rounds_s']:.1f} s wall")
+    lines.append(f"TTFT: {tt['n']['relay']} streams each side; whole {tt['chunks']}-chunk stream p50 direct "
+                 f"{tt['stream_end_p50_ms']['direct']:.2f} ms, relay {tt['stream_end_p50_ms']['relay']:.2f} ms")
+    lines.append(f"streams (gap > {st['delayed_when_gap_over_ms']:.0f} ms = delayed; hold {st['hold_s']:g} s per level):")
+    lines.append(f"  {'level':>5} {'side':6} {'done':>6} {'delayed':>8} {'slow 1st':>8} {'gap p99':>9} {'gap max':>9} "
+                 f"{'1st max':>9} {'active':>7} {'err':>4}  cpu s relay/fakes/loadgen/other")
+    for n, row in st["levels"].items():
+        for side in ("direct", "relay"):
+            x = row[side]
+            cpu = x["cpu_s"]
+            lines.append(f"  {n:>5} {side:6} {x['completed']:>6} {x['delayed']:>8} {x['slow_first_event']:>8} "
+                         f"{x['gap_p99_ms']:>7.0f}ms {x['gap_max_ms']:>7.0f}ms {x['first_event_max_ms']:>7.0f}ms "
+                         f"{x['active_mean']:>7.0f} {x['errors']:>4}  {cpu['relay']:.1f}/{cpu['fakes']:.1f}/{cpu['loadgen']:.1f}/{cpu['other']:.1f}"
+                         + (f"  relay {x['relay_cpu_us_per_event']:.0f} us/event" if side == "relay" else ""))
+    lines.append(f"worker RSS idle after start: {r['idle_rss_mib']} MiB; at peak: {rss} MiB "
+                 f"(pids {', '.join(r['workers'])})")
+    other = sum(r[k]["phase_cpu_s"]["other"] for k in ("c1", "c32", "ttft", "streams"))
+    wall = sum(r[k]["phase_cpu_s"]["wall"] for k in ("c1", "c32", "ttft", "streams"))
+    lines.append(f"other processes on the machine used {other:.1f} CPU-s over the {wall:.0f} s of measurement "
+                 f"({other / wall:.2f} of {os.cpu_count()} cores)"
+                 + ("  -- WARNING: a busy machine, the figures are not this relay's alone" if other / wall > 0.15 else ""))
+    errs = c1["errors"]["relay"] + c32["relay"]["errors"] + tt["errors"]["relay"]
+    if errs:
+        lines.append(f"WARNING: {errs} relay requests failed (non-200 or transport errors); see {r.get('server_log')}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--server", choices=("granian", "gunicorn"), default="granian")
+    ap.add_argument("--quick", action="store_true", help="fewer requests and shorter holds: a smoke run")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
+    ap.add_argument("--no-access-log", dest="access_log", action="store_false",
+                    help="leave ACCESS_LOG unset (make run sets ACCESS_LOG=1)")
+    ap.add_argument("--loadgen", choices=("auto", "python"), default="auto",
+                    help="c=32 load generator: wrk when installed (auto) or the Python one")
+    ap.add_argument("--streams", default="100,250,500", help="concurrent stream levels to ramp through")
+    ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
+                    help="first wait up to S seconds for other processes to leave the CPUs alone")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary instance folder and server log")
+    ap.add_argument("--_setup", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._setup:
+        setup_instance()
+        return 0
+
+    q = args.quick
+    levels = [int(x) for x in args.streams.split(",") if x.strip()]
+    bench = Bench(args)
+
+    def on_term(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C, even if started with SIGINT ignored
+    try:
+        if args.wait_quiet:
+            wait_quiet(args.wait_quiet)
+        log(f"starting fakes and the relay (SERVER={args.server}) in {bench.tmp} ...")
+        bench.start()
+        log(f"relay up in {bench.startup_s:.1f}s: server pid {bench.server.pid}, workers "
+            + ", ".join(f"{p} ({cmdline(p)[:60]})" for p in bench.workers))
+        if len(bench.workers) < 2:
+            log("WARNING: fewer than 2 worker processes found under the server process")
+        results: dict = {"server": args.server, "quick": q, "access_log": args.access_log, "loadgen": bench.loadgen,
+                         "workers": [str(p) for p in bench.workers], "idle_rss_mib": bench.idle_rss,
+                         "server_log": str(bench.server_log) if args.keep else None}
+        phases = [
+            ("c1", "(1) c=1 non-streaming latency",
+             lambda: latency_c1(bench.fast_port, bench.relay_port, bench.key, 200 if q else 2000, 50 if q else 300)),
+            ("c32", f"(2) c=32 with {bench.loadgen}", lambda: throughput_c32(bench, 2 if q else 4, 2 if q else 5)),
+            ("ttft", f"(3) TTFT of a {TTFT_CHUNKS}-chunk stream, c=1",
+             lambda: ttft_c1(bench.fast_port, bench.relay_port, bench.key, 50 if q else 400, 20 if q else 50)),
+            ("streams", "(4)+(5) concurrent 20 x 50 ms streams", lambda: streams_ramp(bench, levels, 2.0 if q else 5.0)),
+        ]
+        for name, title, fn in phases:
+            log(title + " ...")
+            cpu = CPU(bench)
+            results[name] = fn()
+            results[name]["phase_cpu_s"] = d = cpu.delta()
+            log(f"    done in {d['wall']:.1f} s; CPU s relay {d['relay']:.1f}, fakes {d['fakes']:.1f}, "
+                f"load generator {d['loadgen']:.1f}, other processes {d['other']:.1f}")
+        bad = [p for p in bench.workers if not Path(f"/proc/{p}").exists()]
+        if bad:
+            log(f"WARNING: worker(s) {bad} died during the run")
+        results["server_alive"] = bench.server.poll() is None
+    finally:
+        bench.stop()
+    if args.json:
+        print(json.dumps(results, indent=2, default=str))
+    else:
+        print(report(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
