@@ -538,23 +538,34 @@ def _text_content(texts: list[str]) -> str | list[dict]:
     return [{"type": "text", "text": t} for t in texts]
 
 
+def _content_blocks(content: Any, where: str):
+    """Yield (path, type, block) for each block of a list `content`, refusing
+    anything that is not a list of objects."""
+    if not isinstance(content, list):
+        raise TranslationError(f"{where}.content must be a string or a list of content blocks", where)
+    for j, block in enumerate(content):
+        path = f"{where}.content[{j}]"
+        if not isinstance(block, dict):
+            raise TranslationError(f"{path} must be an object", path)
+        yield path, block.get("type"), block
+
+
+def _block_text(block: dict, path: str) -> str:
+    text = block.get("text")
+    if not isinstance(text, str):
+        raise TranslationError(f"{path}.text must be a string", path)
+    return text
+
+
 def _anthropic_user_turn(content: Any, where: str) -> list[dict]:
     """One Anthropic user turn -> OpenAI tool messages (first) and a user message."""
     if isinstance(content, str) or content is None:
         texts = [content] if content else []
         return [{"role": "user", "content": _text_content(texts)}] if texts else []
-    if not isinstance(content, list):
-        raise TranslationError(f"{where}.content must be a string or a list of content blocks", where)
     tool_messages, texts = [], []
-    for j, block in enumerate(content):
-        path = f"{where}.content[{j}]"
-        if not isinstance(block, dict):
-            raise TranslationError(f"{path} must be an object", path)
-        kind = block.get("type")
+    for path, kind, block in _content_blocks(content, where):
         if kind == "text":
-            text = block.get("text")
-            if not isinstance(text, str):
-                raise TranslationError(f"{path}.text must be a string", path)
+            text = _block_text(block, path)
             if text:
                 texts.append(text)
         elif kind == "tool_result":
@@ -574,19 +585,10 @@ def _anthropic_user_turn(content: Any, where: str) -> list[dict]:
 def _anthropic_assistant_turn(content: Any, where: str) -> dict | None:
     if isinstance(content, str) or content is None:
         return {"role": "assistant", "content": content} if content else None
-    if not isinstance(content, list):
-        raise TranslationError(f"{where}.content must be a string or a list of content blocks", where)
     texts, calls = [], []
-    for j, block in enumerate(content):
-        path = f"{where}.content[{j}]"
-        if not isinstance(block, dict):
-            raise TranslationError(f"{path} must be an object", path)
-        kind = block.get("type")
+    for path, kind, block in _content_blocks(content, where):
         if kind == "text":
-            text = block.get("text")
-            if not isinstance(text, str):
-                raise TranslationError(f"{path}.text must be a string", path)
-            texts.append(text)
+            texts.append(_block_text(block, path))
         elif kind == "tool_use":
             call_id, name = block.get("id"), block.get("name")
             if not isinstance(call_id, str) or not call_id or not isinstance(name, str) or not name:
