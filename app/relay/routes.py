@@ -18,7 +18,7 @@ import orjson
 import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, current_app, g, request
 
-from app.extensions import csrf, db
+from app.extensions import csrf, db, limiter
 from app.models import ApiKey
 from app.relay import translate as tr
 from app.relay import upstream
@@ -604,6 +604,9 @@ def init_app(app: Flask) -> None:
     app.extensions["relay_registry"] = registry
     app.extensions["relay_limits"] = Limits(app.config["RATELIMIT_STORAGE_URI"], app.config["RELAY_LIMITS"])
     init_meter(app)
+    # The relay has its own limits (P25) and no forms: skip the portal's
+    # per-request CSRF and Flask-Limiter checks on the hot path.
     csrf.exempt(bp)
+    limiter.exempt(bp)
     app.register_blueprint(bp)
     app.after_request(_request_id)
