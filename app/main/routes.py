@@ -2,8 +2,12 @@
 from flask import Blueprint, redirect, render_template, url_for
 from flask_login import current_user, login_required
 
+from datetime import timedelta
+
 from app.auth.forms import EmptyForm
-from app.services import keys
+from app.models.types import utcnow
+from app.services import keys, usage
+from app.usage.routes import SUMMARY_DAYS, usd
 
 bp = Blueprint("main", __name__)
 
@@ -18,7 +22,9 @@ def index():
 @bp.route("/dashboard")
 @login_required
 def dashboard():
-    return render_template("main/dashboard.html", form=EmptyForm(), active_keys=keys.count_active(current_user))
+    totals = usage.totals_for_user(current_user.id, utcnow() - timedelta(days=SUMMARY_DAYS))
+    return render_template("main/dashboard.html", form=EmptyForm(), active_keys=keys.count_active(current_user),
+                           totals=totals, cost=usd(totals.cost_usd), days=SUMMARY_DAYS)
 
 
 @bp.route("/healthz")

@@ -204,6 +204,16 @@ def test_summary_totals_last_30_days(app, client, ada):
     assert "req_old_0000" in request_ids(client.get("/usage/"))
 
 
+def test_dashboard_card_shows_the_same_30_day_totals(app, client, ada):
+    assert "No requests in the last 30 days" in text(client.get("/dashboard"))
+    add_usage(app, ada, 3, prefix="req_ok_", cost_usd=Decimal("0.0125"))
+    add_usage(app, ada, 1, prefix="req_fail_", status_code=502, cost_usd=Decimal("0"))
+    add_usage(app, ada, 1, prefix="req_old_", start=utcnow() - timedelta(days=31), cost_usd=Decimal("50"))
+    page = re.sub(r"\s+", " ", text(client.get("/dashboard")))
+    assert "<strong>4</strong> requests and <strong>$0.0375</strong> in the last 30 days, 1 failed" in page
+    assert 'href="/usage/"' in page
+
+
 # ---- order and pagination (P30) -------------------------------------------------------
 
 @pytest.mark.promise("P30")
