@@ -12,7 +12,6 @@ from app.models import UserSession
 from app.services import ServiceError, accounts, sessions, totp
 from app.services.audit import record_event
 from app.services.crypto import decrypt, encrypt
-from app.services.passwords import verify_password
 from app.web import current_session, end_login, fresh_login_required, is_htmx, safe_next
 
 bp = Blueprint("account", __name__)
@@ -73,14 +72,12 @@ def reauth():
     form = ReauthForm()
     next_url = safe_next(request.args.get("next"), url_for("account.index"))
     if form.validate_on_submit():
-        ok, _ = verify_password(current_user.password_hash, form.password.data)
-        if ok and current_user.has_totp:
-            ok = bool(form.code.data) and totp.verify_second_factor(current_user, form.code.data) is not None
-            if not ok:
-                form.code.errors = ["Enter the current code from your authenticator app."]
-        elif not ok:
+        wrong = accounts.confirm_identity(current_user, form.password.data, form.code.data)
+        if wrong == "password":
             form.password.errors = ["That password is not correct."]
-        if ok:
+        elif wrong == "code":
+            form.code.errors = ["Enter the current code from your authenticator app."]
+        else:
             sessions.reauthenticated(current_session())
             record_event(current_user, "account:reauthenticated")
             db.session.commit()

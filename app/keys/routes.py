@@ -14,9 +14,8 @@ from app.auth.forms import EmptyForm
 from app.extensions import db, limiter
 from app.keys.forms import CreateKeyForm, RenameKeyForm, RevealForm, public_models
 from app.models import ApiKey
-from app.services import ServiceError, keys, totp
+from app.services import ServiceError, accounts, keys
 from app.services.audit import record_event
-from app.services.passwords import verify_password
 from app.web import is_htmx
 
 bp = Blueprint("keys", __name__)
@@ -149,15 +148,12 @@ def revoke(key_id: int):
 
 def _identity_ok(form: RevealForm) -> bool:
     """Password, and the second factor when 2FA is on, checked on every reveal."""
-    ok, _ = verify_password(current_user.password_hash, form.password.data)
-    if not ok:
+    wrong = accounts.confirm_identity(current_user, form.password.data, form.code.data)
+    if wrong == "password":
         form.password.errors = ["That password is not correct."]
-        return False
-    if current_user.has_totp:
-        if not form.code.data or totp.verify_second_factor(current_user, form.code.data) is None:
-            form.code.errors = ["Enter the current code from your authenticator app."]
-            return False
-    return True
+    elif wrong == "code":
+        form.code.errors = ["Enter the current code from your authenticator app."]
+    return wrong is None
 
 
 @bp.route("/<int:key_id>/reveal", methods=["GET", "POST"])

@@ -210,6 +210,21 @@ def update_profile(user: User, name: str | None = None, company: str | None = No
     return changed
 
 
+def confirm_identity(user: User, password: str, code: str | None) -> str | None:
+    """Check a fresh proof of identity: the password, and a TOTP or recovery
+    code when 2FA is on. Returns None when it holds, otherwise the name of the
+    field that is wrong ("password" or "code")."""
+    ok, _ = verify_password(user.password_hash, password or "")
+    if not ok:
+        return "password"
+    if user.has_totp:
+        from app.services import totp
+
+        if not code or totp.verify_second_factor(user, code) is None:
+            return "code"
+    return None
+
+
 def security_notice(user: User, what: str) -> None:
     """Tell the owner by mail that 2FA was turned on or off."""
     mail.queue(user.email, f"account:2fa:{what}", f"Two-factor authentication was turned {what}",
