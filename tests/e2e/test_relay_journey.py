@@ -4,11 +4,15 @@ and watch the SDK refuse."""
 from __future__ import annotations
 
 import os
+import time
 
 import openai
 import pytest
+import sqlalchemy as sa
 from playwright.sync_api import Page, expect
 
+from app.extensions import db
+from app.models import UsageRecord
 from tests.e2e.flows import sign_up_verified
 from tests.e2e.test_keys_page import create_key
 from tests.fakes.provider import FakeProvider
@@ -42,6 +46,17 @@ price = {{ input = 2.0, output = 4.0 }}
     os.environ.pop("E2E_RELAY_UPSTREAM_KEY", None)
 
 
+def wait_for_row(app, request_id: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        app.extensions["meter"].flush(timeout)
+        with app.app_context():
+            if db.session.scalar(sa.select(UsageRecord.id).where(UsageRecord.request_id == request_id)):
+                return
+        time.sleep(0.05)
+    raise AssertionError("the usage row was not written")
+
+
 @pytest.mark.promise("P10", "P20", "P22")
 def test_key_sdk_usage_revoke(page: Page, live_server, smtp, fake):
     sign_up_verified(page, live_server, smtp, name="relay")
@@ -55,8 +70,9 @@ def test_key_sdk_usage_revoke(page: Page, live_server, smtp, fake):
     request_id = reply.headers["x-request-id"]
     assert reply.parse().choices[0].message.content == "echo: ping from the browser test"
 
-    # The row is written just after the answer; the usage page shows it.
-    live_server.app.extensions["meter"].flush(10)
+    # The row is queued just after the last byte (so possibly after the SDK has
+    # returned) and written by the background writer; wait for it, then look.
+    wait_for_row(live_server.app, request_id)
     nav.get_by_role("link", name="Usage").click()
     table = page.locator("#usage-table")
     expect(table).to_contain_text("gpt-e2e")
