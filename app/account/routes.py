@@ -39,27 +39,23 @@ def profile_field(field: str):
     if field not in PROFILE_FIELDS:
         abort(404)
     form = ProfileFieldForm()
-    editing = request.args.get("edit") == "1"
-    if request.method == "POST":
+    if request.method == "GET":
+        editing = request.args.get("edit") == "1"
+        form.value.data = getattr(current_user, field)
+    else:
+        editing = True  # until saved: a refused value stays in the form, with its message
         if form.validate_on_submit():
             try:
                 changed = accounts.update_profile(current_user, **{field: form.value.data or ""})
             except ServiceError as exc:
                 form.value.errors = [str(exc)]
-                editing = True
             else:
                 db.session.commit()
                 editing = False
-                if changed and not is_htmx():
-                    flash(f"{PROFILE_FIELDS[field]} saved.", "success")
-        else:
-            editing = True
-        if not is_htmx() and not editing:
-            return redirect(url_for("account.index"))
-    elif not editing:
-        form.value.data = getattr(current_user, field)
-    if editing and request.method == "GET":
-        form.value.data = getattr(current_user, field)
+                if not is_htmx():
+                    if changed:
+                        flash(f"{PROFILE_FIELDS[field]} saved.", "success")
+                    return redirect(url_for("account.index"))
     ctx = dict(field=field, label=PROFILE_FIELDS[field], form=form, editing=editing)
     if is_htmx():
         return render_template("account/_profile_field.html", **ctx)

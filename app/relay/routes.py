@@ -256,7 +256,7 @@ def _upstream_request(call: Call, endpoint: str, body: dict, target: Target, str
 
 def _route(call: Call, endpoint: str, body: dict, model: Model, stream: bool):
     """Try each target in order. Returns (target, response) or an error Response."""
-    last_status, classes = None, []
+    classes = []
     for target in model.targets:
         prov = target.provider
         entry = {"provider": prov.name, "model": target.model}
@@ -287,7 +287,6 @@ def _route(call: Call, endpoint: str, body: dict, model: Model, stream: bool):
             except upstream.UpstreamError:
                 pass
             call.trace.append({**entry, "outcome": "error", "error_class": f"http_{resp.status}", "ms": ms})
-            last_status = resp.status
             classes.append(f"http_{resp.status}")
             continue
         call.trace.append({**entry, "outcome": "ok" if resp.status < 400 else f"http_{resp.status}", "ms": ms})
@@ -301,8 +300,7 @@ def _route(call: Call, endpoint: str, body: dict, model: Model, stream: bool):
         return None, _error(call, 504, "No provider for this model answered in time.")
     if classes and all(c == "missing_credential" for c in classes):
         return None, _error(call, 503, "This model's providers are not configured with credentials.")
-    return None, _error(call, 502 if last_status is None or last_status < 500 else 502,
-                        "No provider could serve this request (see the routing trace in your usage).")
+    return None, _error(call, 502, "No provider could serve this request (see the routing trace in your usage).")
 
 
 def _upstream_client_error(call: Call, target: Target, resp: upstream.Response) -> Response:
