@@ -1,4 +1,14 @@
-"""The WSGI entry point: gunicorn wsgi:app"""
+"""The WSGI entry point (granian or gunicorn: wsgi:app; the flask CLI: --app wsgi)."""
+import click
+from flask.cli import ScriptInfo
+
 from app import create_app
 
-app = create_app()
+
+def _under_flask_cli() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.find_object(ScriptInfo) is not None
+
+
+# The flask CLI (`flask db upgrade`) needs Alembic; a server's workers do not.
+app = create_app(migrations=_under_flask_cli())

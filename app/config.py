@@ -64,6 +64,17 @@ SETTINGS: list[tuple[str, str, str]] = [
     ("AGGREGATE_RETENTION_MONTHS", "13", "Daily usage aggregates are kept this many months (P60)."),
     ("AUDIT_RETENTION_DAYS", "90", "Audit log rows are kept this many days (P60)."),
     ("BILLING_RETENTION_YEARS", "7", "Billing records are kept this many years (P52, P60)."),
+    ("REQUEST_DUE_DAYS", "30", "A privacy request is due this many days after it is received (P54)."),
+    ("DELETION_GRACE_DAYS", "7",
+     "After a deletion request the person may cancel for this many days; then the job erases (P52)."),
+    ("EXPORT_LINK_HOURS", "48", "A data export's single-use download link expires after this many hours (P51)."),
+    ("EXPORT_DIR", "instance/exports/", "Where finished export ZIP files wait for their download."),
+    ("EXPORT_WORKER", "thread",
+     "thread: each web process builds queued exports in the background; off: only `flask jobs run`."),
+    ("JOBS_SCHEDULER", "thread",
+     "thread: the web process runs the retention job (`flask jobs run`) every JOBS_INTERVAL_MINUTES; "
+     "off: run it from cron."),
+    ("JOBS_INTERVAL_MINUTES", "60", "How often the in-process scheduler runs the retention job."),
     ("KEY_REVEAL", "true",
      "Keep an envelope-encrypted copy of each API key so its owner can reveal it after re-entering "
      "the password (P11). false: hash only, a lost key must be rotated."),
@@ -119,6 +130,9 @@ def load(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     mail_dir = Path(raw["MAIL_DIR"])
     if not mail_dir.is_absolute():
         mail_dir = instance / "mail" if raw["MAIL_DIR"] == "instance/mail/" else ROOT / mail_dir
+    export_dir = Path(raw["EXPORT_DIR"])
+    if not export_dir.is_absolute():
+        export_dir = instance / "exports" if raw["EXPORT_DIR"] == "instance/exports/" else ROOT / export_dir
 
     cfg: dict[str, Any] = {
         "SECRET_KEY": secret,
@@ -168,6 +182,13 @@ def load(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "AGGREGATE_RETENTION_MONTHS": int(raw["AGGREGATE_RETENTION_MONTHS"]),
         "AUDIT_RETENTION_DAYS": int(raw["AUDIT_RETENTION_DAYS"]),
         "BILLING_RETENTION_YEARS": int(raw["BILLING_RETENTION_YEARS"]),
+        "REQUEST_DUE_DAYS": int(raw["REQUEST_DUE_DAYS"]),
+        "DELETION_GRACE_DAYS": int(raw["DELETION_GRACE_DAYS"]),
+        "EXPORT_LINK_HOURS": int(raw["EXPORT_LINK_HOURS"]),
+        "EXPORT_DIR": str(export_dir),
+        "EXPORT_WORKER": raw["EXPORT_WORKER"],
+        "JOBS_SCHEDULER": raw["JOBS_SCHEDULER"],
+        "JOBS_INTERVAL_MINUTES": int(raw["JOBS_INTERVAL_MINUTES"]),
         "KEY_REVEAL": _bool(raw["KEY_REVEAL"]),
         "KEY_ENCRYPTION_KEY": "" if raw["KEY_ENCRYPTION_KEY"].startswith("(") else raw["KEY_ENCRYPTION_KEY"],
         "KEY_PREFIX": raw["KEY_PREFIX"],

@@ -85,6 +85,8 @@ def settings(database_url, smtp, ratelimit_storage, instance, **extra) -> dict:
         "SMTP_HOST": "127.0.0.1",
         "SMTP_PORT": str(smtp.port),
         "MAIL_WORKER": "off",
+        "EXPORT_WORKER": "off",
+        "JOBS_SCHEDULER": "off",
         "RATELIMIT_STORAGE_URI": ratelimit_storage,
         "LOG_LEVEL": "WARNING",
         **FAST_ARGON2,

@@ -3,8 +3,10 @@ from app.models.audit import AuditEvent
 from app.models.key import ApiKey
 from app.models.mail import OutboxMessage
 from app.models.policy import PolicyAcceptance, PolicyVersion
+from app.models.privacy import AuditCheckpoint, ConsentEvent, DataExport, JobLock, PrivacyRequest, UsageDaily
 from app.models.usage import UsageRecord
 from app.models.user import OneTimeToken, RecoveryCode, User, UserSession
 
 __all__ = ["ApiKey", "UsageRecord", "AuditEvent", "OutboxMessage", "PolicyAcceptance", "PolicyVersion",
-           "OneTimeToken", "RecoveryCode", "User", "UserSession"]
+           "OneTimeToken", "RecoveryCode", "User", "UserSession",
+           "AuditCheckpoint", "ConsentEvent", "DataExport", "JobLock", "PrivacyRequest", "UsageDaily"]

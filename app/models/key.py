@@ -34,6 +34,8 @@ class ApiKey(db.Model):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Set while the owner's account is restricted (P53): refused by the relay, not revoked.
+    suspended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # JSON list of public model names this key may call; NULL means every model.
     allowed_models: Mapped[str | None] = mapped_column(sa.Text)
     rpm_limit: Mapped[int | None] = mapped_column(sa.Integer)
@@ -53,4 +55,6 @@ class ApiKey(db.Model):
             return "revoked"
         if self.expires_at is not None and self.expires_at <= now:
             return "expired"
+        if self.suspended_at is not None:
+            return "suspended"
         return "active"

@@ -31,6 +31,13 @@ class User(UserMixin, db.Model):
     # Last accepted TOTP time step, so a code cannot be replayed inside its window.
     totp_last_step: Mapped[int | None] = mapped_column(sa.BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Current consents (P50); every change is also a ConsentEvent row.
+    marketing_email: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
+    preference_cookies: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
+    # Restriction (P53): keys suspended and no marketing until lifted.
+    restricted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Deletion requested (P52): sign-in blocked until cancelled or erased.
+    deletion_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     sessions: Mapped[list["UserSession"]] = relationship(
         back_populates="user", cascade="all, delete-orphan", passive_deletes=True)

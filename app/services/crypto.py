@@ -27,7 +27,13 @@ def _derive(purpose: bytes) -> bytes:
 
 def token_hash(value: str, purpose: str = "token") -> str:
     """Keyed hash of a random token: a stolen database cannot be replayed."""
-    return hmac.new(_derive(b"lookup:" + purpose.encode()), value.encode(), hashlib.sha256).hexdigest()
+    return token_hasher(current_app.config["SECRET_KEY"], purpose)(value)
+
+
+def token_hasher(secret: str, purpose: str):
+    """`token_hash` with its key derived once, for callers outside an app context (the relay)."""
+    key = _hkdf(secret, b"lookup:" + purpose.encode())
+    return lambda value: hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
 
 
 def _fernet() -> Fernet:

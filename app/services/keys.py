@@ -20,13 +20,18 @@ from app.models import ApiKey, User
 from app.models.types import utcnow
 from app.services import ServiceError
 from app.services.audit import record_event
-from app.services.crypto import envelope_decrypt, envelope_encrypt, token_hash
+from app.services.crypto import envelope_decrypt, envelope_encrypt, token_hash, token_hasher
 
 MAX_KEYS_PER_ACCOUNT = 100
 
 
 def hash_key(raw: str) -> str:
     return token_hash(raw, "api_key")
+
+
+def key_hasher(secret_key: str):
+    """hash_key for a given SECRET_KEY, usable without an app context (the relay)."""
+    return token_hasher(secret_key, "api_key")
 
 
 def _new_secret() -> str:

@@ -490,11 +490,34 @@ def test_500_on_an_api_path_is_json(make_app):
     def explode():
         raise ValueError("body-canary")
 
-    app.add_url_rule("/v1/test-only/explode", "explode_api", explode)
-    resp = app.test_client().get("/v1/test-only/explode")
+    app.add_url_rule("/api/test-only/explode", "explode_api", explode)
+    resp = app.test_client().get("/api/test-only/explode")
     assert resp.status_code == 500 and resp.is_json
     assert resp.get_json() == {"error": {"type": "api_error", "message": resp.get_json()["error"]["message"]}}
     assert "body-canary" not in text(resp)
+
+
+@pytest.mark.parametrize("path,shape", [("/v1/chat/completions", "openai"), ("/v1/messages", "anthropic")])
+def test_500_in_the_relay_is_the_sdks_error_shape(make_app, monkeypatch, caplog, path, shape):
+    """The relay is served in front of Flask: its own crash answer is JSON in the
+    client's SDK shape, with a request id, and neither the answer nor the log
+    holds the exception's message (it could quote a body, P23)."""
+    from app.relay import routes
+
+    def explode(req):
+        raise ValueError("body-canary")
+
+    monkeypatch.setitem(routes._EXACT, (path, "POST"), explode)
+    resp = make_app().test_client().post(path, json={"model": "m"})
+    assert resp.status_code == 500 and resp.is_json
+    body = resp.get_json()
+    if shape == "anthropic":
+        assert body["type"] == "error" and body["error"]["type"] == "api_error"
+    else:
+        assert body["error"]["type"] == "server_error"
+    assert resp.headers["x-request-id"].startswith("req_")
+    assert "body-canary" not in text(resp)
+    assert "ValueError" in caplog.text and "body-canary" not in caplog.text
 
 
 @pytest.mark.parametrize("url", ["/v1/anything", "/api/anything", "/v1/chat/nope"])
@@ -502,8 +525,11 @@ def test_api_paths_answer_json_errors(client, url):
     resp = client.get(url)
     assert resp.status_code == 404 and resp.is_json
     err = resp.get_json()["error"]
-    assert set(err) == {"type", "message"}
-    assert err["type"] == "not_found_error" and err["message"]
+    if url.startswith("/v1/"):  # the relay's own answer: OpenAI's full error shape, with a request id
+        assert set(err) == {"type", "message", "param", "code"} and resp.headers["x-request-id"]
+    else:
+        assert set(err) == {"type", "message"}
+    assert err["type"] in ("not_found_error", "invalid_request_error") and err["message"]
     assert "<html" not in text(resp)
 
 
