@@ -64,6 +64,9 @@ def create_app(overrides: dict[str, Any] | None = None, migrations: bool = True)
     from app.policy.routes import bp as policy_bp
     from app.staff.routes import bp as staff_bp
     from app.usage.routes import bp as usage_bp
+    from app.privacy_center.routes import bp as privacy_center_bp
+    from app.exports.routes import bp as exports_bp
+    from app.deletion.routes import bp as deletion_bp
 
     app.register_blueprint(main_bp)
     app.register_blueprint(auth_bp)
@@ -72,6 +75,9 @@ def create_app(overrides: dict[str, Any] | None = None, migrations: bool = True)
     app.register_blueprint(policy_bp)
     app.register_blueprint(staff_bp, url_prefix="/staff")
     app.register_blueprint(usage_bp, url_prefix="/usage")
+    app.register_blueprint(privacy_center_bp, url_prefix="/privacy-center")
+    app.register_blueprint(exports_bp)  # /privacy-center/export/... and /api/v1/export
+    app.register_blueprint(deletion_bp, url_prefix="/privacy-center/delete")
 
     from app.relay import routes as relay
     relay.init_app(app)
