@@ -18,7 +18,7 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 
 import sqlalchemy as sa
-from flask import Flask, current_app, render_template
+from flask import Flask, current_app, has_app_context, render_template
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
@@ -171,7 +171,13 @@ def init_app(app: Flask) -> None:
     def _start_worker():  # started lazily, in the serving process (after any fork)
         worker.ensure_started()
 
-    @event.listens_for(Session, "after_commit")
-    def _kick(session):
-        if session.info.pop("mail_queued", False):
+
+@event.listens_for(Session, "after_commit")
+def _kick(session):
+    """One listener for the process: wake the sender of the app whose session
+    just committed mail (every app made in a test process would otherwise
+    leave a listener of its own behind)."""
+    if session.info.pop("mail_queued", False) and has_app_context():
+        worker = current_app.extensions.get("mail_worker")
+        if worker is not None:
             worker.wake.set()
