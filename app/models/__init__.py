@@ -1,5 +1,6 @@
 """All models, imported here so Alembic and the app see the whole schema."""
 from app.models.audit import AuditEvent
+from app.models.incident import Incident, IncidentNotice
 from app.models.key import ApiKey
 from app.models.mail import OutboxMessage
 from app.models.policy import PolicyAcceptance, PolicyVersion
@@ -9,4 +10,4 @@ from app.models.user import OneTimeToken, RecoveryCode, User, UserSession
 
 __all__ = ["ApiKey", "UsageRecord", "AuditEvent", "OutboxMessage", "PolicyAcceptance", "PolicyVersion",
            "OneTimeToken", "RecoveryCode", "User", "UserSession",
-           "AuditCheckpoint", "ConsentEvent", "DataExport", "JobLock", "PrivacyRequest", "UsageDaily"]
+           "AuditCheckpoint", "ConsentEvent", "Incident", "IncidentNotice", "DataExport", "JobLock", "PrivacyRequest", "UsageDaily"]
