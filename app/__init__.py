@@ -56,6 +56,8 @@ def create_app(overrides: dict[str, Any] | None = None, migrations: bool = True)
     errors.init_app(app)
     web.init_app(app)
     mail.init_app(app)
+    from app import jobs
+    jobs.init_app(app)  # the retention scheduler thread, when JOBS_SCHEDULER=thread
 
     from app.account.routes import bp as account_bp
     from app.keys.routes import bp as keys_bp

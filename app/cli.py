@@ -1,4 +1,4 @@
-"""flask commands: users, audit, mail, policy, settings."""
+"""flask commands: users, audit, mail, jobs, policy, settings."""
 from __future__ import annotations
 
 import sys
@@ -70,6 +70,21 @@ def register(app: Flask) -> None:
         while n := deliver_pending(current_app._get_current_object()):
             total += n
         click.echo(f"sent {total} message(s)")
+
+    @app.cli.group()
+    def jobs():
+        """Scheduled work: retention, due deletions, expired exports (P52, P60)."""
+
+    @jobs.command("run")
+    def jobs_run():
+        """Run every retention step once (safe to run twice at once: the second skips)."""
+        from app.jobs import run_all
+
+        result = run_all(current_app._get_current_object())
+        for name, value in result.items():
+            click.echo(f"{name}: {value}")
+        if any(isinstance(v, str) and v.startswith("error") for v in result.values()):
+            sys.exit(1)
 
     @app.cli.group()
     def policy():

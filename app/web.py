@@ -29,6 +29,11 @@ def init_app(app: Flask) -> None:
         if row is None or str(row.user_id) != user_id:
             session.clear()
             return None
+        if row.user.deletion_requested_at is not None:  # P52: sign-in blocked, sessions ended
+            sessions.end(row)
+            db.session.commit()
+            session.clear()
+            return None
         g.user_session = row
         return row.user
 

@@ -113,7 +113,12 @@ def login():
     form = LoginForm()
     next_url = safe_next(request.args.get("next"), url_for("main.dashboard"))
     if form.validate_on_submit():
-        user = accounts.authenticate(form.email.data, form.password.data)
+        try:
+            user = accounts.authenticate(form.email.data, form.password.data)
+        except ServiceError as exc:  # a correct password on an account scheduled for deletion
+            db.session.commit()
+            form.password.errors = [str(exc)]
+            return render_template("auth/login.html", form=form)
         if user is not None:
             return _finish_first_factor(user, "password", next_url)
         db.session.commit()  # keeps the failed-login audit row

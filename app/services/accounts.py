@@ -106,7 +106,16 @@ def authenticate(email: str, password: str) -> User | None:
     if new_hash:
         user.password_hash = new_hash
         record_event(user, "account:password:rehashed")
+    # Only now, after a correct password, may the page say the account is
+    # scheduled for deletion: an unknown address learns nothing (P52).
+    _check_not_scheduled(user)
     return user
+
+
+def _check_not_scheduled(user: User) -> None:
+    from app.services.deletion import check_sign_in_allowed
+
+    check_sign_in_allowed(user)
 
 
 def change_password(user: User, current: str, new: str, keep: UserSession | None) -> None:
@@ -147,7 +156,7 @@ def reset_password(token: str, new: str) -> User:
 
 def request_magic_link(email: str) -> None:
     user = find_by_email(email)
-    if user is None:
+    if user is None or user.deletion_requested_at is not None:  # same page either way
         return
     token = tokens.issue(user, tokens.MAGIC)
     mail.queue(user.email, "account:magic_link", f"Your sign-in link for {current_app.config['SITE_NAME']}",
@@ -157,6 +166,7 @@ def request_magic_link(email: str) -> None:
 
 def consume_magic_link(token: str) -> User:
     user, _ = tokens.consume(token, tokens.MAGIC)
+    _check_not_scheduled(user)
     if user.email_verified_at is None:
         user.email_verified_at = utcnow()
     return user

@@ -53,6 +53,8 @@ def record_event(actor, event: str, *, subject=None, **details: Any) -> AuditEve
     else:
         db.session.flush()
     prev = db.session.scalar(sa.select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1))
+    if prev is None:  # every row was pruned (P60): the chain goes on from the checkpoint
+        prev = _checkpoint_hash()
     row = AuditEvent(
         created_at=utcnow(), actor_id=actor_id, subject_id=subject_id, event=event,
         details=json.dumps(details, sort_keys=True, default=str, separators=(",", ":")),
@@ -75,14 +77,25 @@ class ChainReport:
         return self.broken_at is None
 
 
+def _checkpoint_hash() -> str:
+    """The hash the oldest kept row must chain from: the last row retention
+    removed (P60), or GENESIS when nothing was ever removed."""
+    from app.models import AuditCheckpoint
+
+    cp = db.session.scalar(sa.select(AuditCheckpoint.last_removed_hash)
+                           .order_by(AuditCheckpoint.id.desc()).limit(1))
+    return cp or GENESIS
+
+
 def verify_chain(batch: int = 1000) -> ChainReport:
     """Walk the log in id order and report the first row whose link is broken.
 
-    The first row kept may point at a row that retention already removed (P60),
-    so its `prev_hash` is trusted; every later link is checked.
+    The first row kept must chain from the latest retention checkpoint (the
+    hash of the last removed row, P60), or from GENESIS when nothing was ever
+    pruned, so removing the oldest rows by hand shows as a break too.
     """
     checked = 0
-    prev: str | None = None
+    prev: str | None = _checkpoint_hash()
     last_id = 0
     while True:
         rows = db.session.scalars(
@@ -91,7 +104,7 @@ def verify_chain(batch: int = 1000) -> ChainReport:
         if not rows:
             return ChainReport(checked)
         for row in rows:
-            if prev is not None and row.prev_hash != prev:
+            if row.prev_hash != prev:
                 return ChainReport(checked, row.id, "previous hash does not match (a row was removed or edited)")
             if _digest(row.prev_hash, row) != row.hash:
                 return ChainReport(checked, row.id, "row content does not match its hash (edited)")

@@ -102,7 +102,10 @@ def open_request(user: User | None, kind: str, channel: str, *, details: str | N
     return req
 
 
-def verify(req: PrivacyRequest, staff: User, method: str, now: datetime | None = None) -> None:
+def verify(req: PrivacyRequest, staff: User, method: str, now: datetime | None = None,
+           note: str | None = None) -> None:
+    """Record how the person's identity was checked. `note` (how staff checked,
+    for "staff_check") goes into the audit row, so the evidence is chained."""
     if not req.is_open:
         raise ServiceError("This request is closed.")
     if method not in VERIFICATION_METHODS:
@@ -112,7 +115,8 @@ def verify(req: PrivacyRequest, staff: User, method: str, now: datetime | None =
     req.verified_at = now or utcnow()
     req.verification_method = method
     req.verified_by_id = staff.id
-    record_event(staff, "privacy:request:verified", subject=req.user_id, request=req.id, method=method)
+    record_event(staff, "privacy:request:verified", subject=req.user_id, request=req.id, method=method,
+                 **({"note": note} if note else {}))
 
 
 def extend(req: PrivacyRequest, staff: User, reason: str, days: int = 60, now: datetime | None = None) -> None:

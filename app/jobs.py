@@ -1,0 +1,251 @@
+"""The one scheduled job (P60): retention, due deletions, expired exports.
+
+`run_all` is the entry point for `flask jobs run` (cron) and for the
+in-process scheduler thread. It takes a named lease in `job_locks` with one
+conditional UPDATE, so two runs at once, in one process or on many machines,
+never overlap: the second returns {"skipped": "locked"}. Every step is
+idempotent, so a run cut short is finished by the next one.
+
+`now` moves the retention clock (tests use a controlled one); the lease
+itself runs on real time, because it guards against real processes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal
+
+import sqlalchemy as sa
+from flask import Flask, current_app
+from sqlalchemy.exc import IntegrityError
+
+from app.extensions import db
+from app.services.dates import add_months
+from app.models import AuditCheckpoint, AuditEvent, JobLock, UsageDaily, UsageRecord
+from app.models.types import utcnow
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = "retention"
+LEASE = timedelta(minutes=30)  # a crashed run frees the lock after this long
+GROUP = ("user_id", "team_id", "api_key_id", "model", "provider")
+
+
+# ---- the lease -------------------------------------------------------------------------
+
+def _acquire(holder: str) -> bool:
+    now = utcnow()
+    if db.session.get(JobLock, LOCK_NAME) is None:
+        try:
+            db.session.add(JobLock(name=LOCK_NAME))
+            db.session.commit()
+        except IntegrityError:  # another run inserted it first: fine, compete on the UPDATE
+            db.session.rollback()
+    won = db.session.execute(
+        sa.update(JobLock).where(JobLock.name == LOCK_NAME,
+                                 sa.or_(JobLock.locked_until.is_(None), JobLock.locked_until < now))
+        .values(holder=holder, locked_until=now + LEASE)).rowcount
+    db.session.commit()
+    return won == 1
+
+
+def _release(holder: str) -> None:
+    db.session.rollback()
+    db.session.execute(sa.update(JobLock).where(JobLock.name == LOCK_NAME, JobLock.holder == holder)
+                       .values(holder=None, locked_until=None, last_run_at=utcnow()))
+    db.session.commit()
+
+
+# ---- the steps -------------------------------------------------------------------------
+
+def _midnight(d: date) -> datetime:
+    return datetime.combine(d, time.min, tzinfo=timezone.utc)
+
+
+def _same(col, value):
+    return col.is_(None) if value is None else col == value
+
+
+def rollup_usage(now: datetime) -> int:
+    """Roll raw usage rows older than METADATA_RETENTION_DAYS into UsageDaily
+    and delete them, one day per transaction. A day cut by the window edge is
+    rolled in two runs; the second adds to the aggregate rows of the first.
+    Returns the number of raw rows removed."""
+    cutoff = now - timedelta(days=current_app.config["METADATA_RETENTION_DAYS"])
+    removed = 0
+    while True:
+        oldest = db.session.scalar(sa.select(sa.func.min(UsageRecord.started_at))
+                                   .where(UsageRecord.started_at < cutoff))
+        if oldest is None:
+            return removed
+        day = oldest.date()
+        in_batch = sa.and_(UsageRecord.started_at >= _midnight(day),
+                           UsageRecord.started_at < min(_midnight(day + timedelta(days=1)), cutoff))
+        cols = [getattr(UsageRecord, c) for c in GROUP]
+        groups = db.session.execute(
+            sa.select(*cols, sa.func.count(),
+                      sa.func.sum(sa.case((UsageRecord.status_code >= 400, 1), else_=0)),
+                      sa.func.sum(UsageRecord.input_tokens), sa.func.sum(UsageRecord.output_tokens),
+                      sa.func.sum(UsageRecord.cache_read_tokens), sa.func.sum(UsageRecord.cache_write_tokens),
+                      sa.func.sum(UsageRecord.cost_usd))
+            .where(in_batch).group_by(*cols)).all()
+        for g in groups:
+            key = dict(zip(GROUP, g[:5]))
+            n, errors, tin, tout, cread, cwrite, cost = g[5:]
+            row = db.session.scalar(sa.select(UsageDaily).where(
+                UsageDaily.day == day, *(_same(getattr(UsageDaily, c), v) for c, v in key.items())).limit(1))
+            if row is None:
+                row = UsageDaily(day=day, requests=0, errors=0, input_tokens=0, output_tokens=0,
+                                 cache_read_tokens=0, cache_write_tokens=0, cost_usd=Decimal(0), **key)
+                db.session.add(row)
+            row.requests += n
+            row.errors += int(errors or 0)
+            row.input_tokens += int(tin or 0)
+            row.output_tokens += int(tout or 0)
+            row.cache_read_tokens += int(cread or 0)
+            row.cache_write_tokens += int(cwrite or 0)
+            row.cost_usd = Decimal(row.cost_usd or 0) + Decimal(str(cost or 0))
+        removed += db.session.execute(sa.delete(UsageRecord).where(in_batch)
+                                      .execution_options(synchronize_session=False)).rowcount
+        db.session.commit()
+
+
+def prune_aggregates(now: datetime) -> int:
+    """Daily aggregates are kept AGGREGATE_RETENTION_MONTHS months."""
+    cutoff = add_months(now.date(), -current_app.config["AGGREGATE_RETENTION_MONTHS"])
+    n = db.session.execute(sa.delete(UsageDaily).where(UsageDaily.day < cutoff)
+                           .execution_options(synchronize_session=False)).rowcount
+    db.session.commit()
+    return n
+
+
+def prune_audit(now: datetime) -> int:
+    """Remove audit rows older than AUDIT_RETENTION_DAYS, oldest first, after
+    writing a checkpoint of the last removed row's hash: the chain that is kept
+    still verifies from it (P55)."""
+    from app.services.audit import _LOCK_ID, record_event
+
+    cutoff = now - timedelta(days=current_app.config["AUDIT_RETENTION_DAYS"])
+    if db.engine.dialect.name == "postgresql":  # no writer appends while the prefix goes
+        db.session.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_ID})
+    last = db.session.scalar(sa.select(AuditEvent).where(AuditEvent.created_at < cutoff)
+                             .order_by(AuditEvent.id.desc()).limit(1))
+    if last is None:
+        db.session.commit()
+        return 0
+    # Everything up to `last` goes, so what is removed is always a prefix of the chain.
+    n = db.session.execute(sa.delete(AuditEvent).where(AuditEvent.id <= last.id)
+                           .execution_options(synchronize_session=False)).rowcount
+    db.session.add(AuditCheckpoint(created_at=now, removed_through_id=last.id, last_removed_hash=last.hash,
+                                   removed_count=n))
+    db.session.expunge(last)
+    record_event(None, "retention:audit:pruned", through=last.id, count=n)
+    db.session.commit()
+    return n
+
+
+def erase_deletions(now: datetime) -> int:
+    from app.services.deletion import erase_due
+
+    return erase_due(now)
+
+
+def purge_exports(now: datetime) -> int | str:
+    try:
+        from app.services.exports import purge_expired
+    except (ImportError, AttributeError):
+        return "skipped: exports service not available"
+    n = purge_expired(now)
+    db.session.commit()
+    return n
+
+
+def keep_billing(now: datetime) -> int:
+    """Billing records are kept BILLING_RETENTION_YEARS years and the wallet
+    ledger forever (P41, P60). No billing table exists yet, so nothing is
+    due; when one does, delete its rows older than the window here, never the
+    ledger's."""
+    return 0
+
+
+def _steps():
+    # Looked up at call time, so a test can replace one step.
+    g = globals()
+    return [("usage_rolled_up", g["rollup_usage"]), ("aggregates_pruned", g["prune_aggregates"]),
+            ("audit_pruned", g["prune_audit"]), ("accounts_erased", g["erase_deletions"]),
+            ("exports_purged", g["purge_exports"]), ("billing_pruned", g["keep_billing"])]
+
+
+def run_all(app: Flask, now: datetime | None = None) -> dict:
+    """Run every retention step once, under the lease. Returns counts per step;
+    a step that fails is reported as "error: <class>" and the others still run."""
+    with app.app_context():
+        now = now or utcnow()
+        holder = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        if not _acquire(holder):
+            return {"skipped": "locked"}
+        result: dict = {}
+        try:
+            for name, step in _steps():
+                try:
+                    result[name] = step(now)
+                except Exception as exc:
+                    db.session.rollback()
+                    log.exception("retention step %s failed; the next run tries again", name)
+                    result[name] = f"error: {type(exc).__name__}"
+        finally:
+            _release(holder)
+        return result
+
+
+# ---- the in-process scheduler ----------------------------------------------------------
+
+class Scheduler:
+    """A daemon thread running `run_all` every JOBS_INTERVAL_MINUTES. Several
+    processes may each run one: the lease keeps their runs apart."""
+
+    def __init__(self, app: Flask):
+        self.app = app
+        self.interval = app.config["JOBS_INTERVAL_MINUTES"] * 60
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+
+    def ensure_started(self) -> None:
+        if self.thread is not None and self.thread.is_alive():
+            return
+        with self.lock:
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name="retention-jobs", daemon=True)
+                self.thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    def _run(self) -> None:
+        # A short pause first, so a server that is starting is not slowed.
+        delay = min(60.0, self.interval)
+        while not self.stopping.wait(delay):
+            delay = self.interval
+            try:
+                result = run_all(self.app)
+                log.info("retention job: %s", result)
+            except Exception:
+                log.exception("retention job failed; will try again")
+
+
+def init_app(app: Flask) -> None:
+    if app.config["JOBS_SCHEDULER"] != "thread":
+        return
+    scheduler = Scheduler(app)
+    app.extensions["jobs_scheduler"] = scheduler
+
+    @app.before_request
+    def _start_scheduler():  # lazily, in the serving process (after any fork)
+        scheduler.ensure_started()
