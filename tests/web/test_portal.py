@@ -215,7 +215,10 @@ def test_audit_verify_detects_a_deleted_row(app, client, forms, mail):
 
 @pytest.mark.promise("P55")
 def test_audit_chain_continues_after_retention_trims_the_head(app, users):
-    """Retention (P60) removes the oldest rows; the rest must still verify."""
+    """Retention (P60) removes the oldest rows after writing a checkpoint of the
+    last removed hash; the rest must still verify. Without the checkpoint, a
+    trimmed head is a break."""
+    from app.models import AuditCheckpoint
     from app.services.audit import record_event
 
     uid = users.create()
@@ -223,9 +226,17 @@ def test_audit_chain_continues_after_retention_trims_the_head(app, users):
         for i in range(5):
             record_event(uid, f"test:event:n{i}")
         db.session.commit()
-    first_two = [r.id for r in audit_rows(app)[:2]]
+    rows = audit_rows(app)
+    first_two = [r.id for r in rows[:2]]
     with app.app_context():
         db.session.execute(sa.delete(AuditEvent).where(AuditEvent.id.in_(first_two)))
+        db.session.commit()
+    result = cli(app, "audit", "verify")
+    assert result.exit_code != 0 and f"BROKEN at event {rows[2].id}" in result.output
+
+    with app.app_context():
+        db.session.add(AuditCheckpoint(removed_through_id=rows[1].id, last_removed_hash=rows[1].hash,
+                                       removed_count=2))
         db.session.commit()
     result = cli(app, "audit", "verify")
     assert result.exit_code == 0 and "audit log OK: 3 events" in result.output
