@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import uuid
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
@@ -25,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.extensions import db
 from app.services.dates import add_months
+from app.services.worker import BackgroundWorker
 from app.models import AuditCheckpoint, AuditEvent, JobLock, UsageDaily, UsageRecord
 from app.models.types import utcnow
 
@@ -204,40 +204,24 @@ def run_all(app: Flask, now: datetime | None = None) -> dict:
 
 # ---- the in-process scheduler ----------------------------------------------------------
 
-class Scheduler:
+class Scheduler(BackgroundWorker):
     """A daemon thread running `run_all` every JOBS_INTERVAL_MINUTES. Several
     processes may each run one: the lease keeps their runs apart."""
 
+    name = "retention-jobs"
+
     def __init__(self, app: Flask):
-        self.app = app
-        self.interval = app.config["JOBS_INTERVAL_MINUTES"] * 60
-        self.thread: threading.Thread | None = None
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
+        super().__init__(app, app.config["JOBS_INTERVAL_MINUTES"] * 60)
 
-    def ensure_started(self) -> None:
-        if self.thread is not None and self.thread.is_alive():
-            return
-        with self.lock:
-            if self.thread is None or not self.thread.is_alive():
-                self.thread = threading.Thread(target=self._run, name="retention-jobs", daemon=True)
-                self.thread.start()
+    def first_delay(self) -> float:
+        return min(60.0, self.interval)  # a short pause first, so a starting server is not slowed
 
-    def stop(self, timeout: float = 10.0) -> None:
-        self.stopping.set()
-        if self.thread is not None:
-            self.thread.join(timeout)
-
-    def _run(self) -> None:
-        # A short pause first, so a server that is starting is not slowed.
-        delay = min(60.0, self.interval)
-        while not self.stopping.wait(delay):
-            delay = self.interval
-            try:
-                result = run_all(self.app)
-                log.info("retention job: %s", result)
-            except Exception:
-                log.exception("retention job failed; will try again")
+    def work(self) -> None:
+        try:
+            result = run_all(self.app)
+            log.info("retention job: %s", result)
+        except Exception:
+            log.exception("retention job failed; will try again")
 
 
 def init_app(app: Flask) -> None:
@@ -246,6 +230,4 @@ def init_app(app: Flask) -> None:
     scheduler = Scheduler(app)
     app.extensions["jobs_scheduler"] = scheduler
 
-    @app.before_request
-    def _start_scheduler():  # lazily, in the serving process (after any fork)
-        scheduler.ensure_started()
+    scheduler.start_with(app)

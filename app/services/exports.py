@@ -19,7 +19,6 @@ import io
 import logging
 import os
 import secrets
-import threading
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -36,6 +35,7 @@ from sqlalchemy.orm import Session
 from app.extensions import db
 from app.models import (ApiKey, AuditEvent, ConsentEvent, DataExport, OutboxMessage, PolicyAcceptance,
                         PolicyVersion, PrivacyRequest, UsageDaily, UsageRecord, User, UserSession)
+from app.services.worker import BackgroundWorker
 from app.models.types import utcnow
 from app.services import ServiceError
 from app.services.audit import record_event
@@ -740,45 +740,23 @@ def claim_download(exp: DataExport, user: User, now: datetime | None = None) -> 
 
 # ---- the background builder -----------------------------------------------------------
 
-class ExportWorker:
+class ExportWorker(BackgroundWorker):
     """One builder thread per process, woken after a commit that queued an export."""
 
+    name = "export-builder"
+
     def __init__(self, app: Flask, interval: float = 30.0):
-        self.app = app
-        self.interval = interval
-        self.wake = threading.Event()
-        self.stopping = threading.Event()
-        self.lock = threading.Lock()
-        self.thread: threading.Thread | None = None
+        super().__init__(app, interval)
 
-    def ensure_started(self) -> None:
-        if self.thread is not None and self.thread.is_alive():
-            return
-        with self.lock:
-            if self.thread is None or not self.thread.is_alive():
-                self.thread = threading.Thread(target=self._run, name="export-builder", daemon=True)
-                self.thread.start()
+    def first_delay(self) -> float:
+        return 0  # exports queued before the process started are built at once
 
-    def stop(self, timeout: float = 10.0) -> None:
-        self.stopping.set()
-        self.wake.set()
-        if self.thread is not None:
-            self.thread.join(timeout)
-
-    def _run(self) -> None:
-        first = True
-        while not self.stopping.is_set():
-            if not first:
-                self.wake.wait(self.interval)
-                self.wake.clear()
-            first = False
-            if self.stopping.is_set():
-                break
-            try:
-                while run_pending(self.app) and not self.stopping.is_set():
-                    pass
-            except Exception as exc:
-                log.error("export builder pass failed (%s); will try again", type(exc).__name__)
+    def work(self) -> None:
+        try:
+            while run_pending(self.app) and not self.stopping.is_set():
+                pass
+        except Exception as exc:
+            log.error("export builder pass failed (%s); will try again", type(exc).__name__)
 
 
 def init_app(app: Flask) -> None:
@@ -787,9 +765,7 @@ def init_app(app: Flask) -> None:
     worker = ExportWorker(app)
     app.extensions["export_worker"] = worker
 
-    @app.before_request
-    def _start_export_worker():  # lazily, in the serving process (after any fork)
-        worker.ensure_started()
+    worker.start_with(app)
 
 
 @event.listens_for(Session, "after_commit")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import smtplib
-import threading
 from datetime import timedelta
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -25,6 +24,7 @@ from sqlalchemy.orm import Session
 from app.extensions import db
 from app.models import OutboxMessage
 from app.models.types import utcnow
+from app.services.worker import BackgroundWorker
 
 log = logging.getLogger(__name__)
 CLAIM = timedelta(seconds=120)
@@ -117,48 +117,24 @@ def deliver_pending(app: Flask, limit: int = 50) -> int:
     return sent
 
 
-class MailWorker:
+class MailWorker(BackgroundWorker):
     """One background sender thread per process, woken after a commit that queued mail."""
 
+    name = "mail-outbox"
+
     def __init__(self, app: Flask, interval: float = 5.0):
-        self.app = app
-        self.interval = interval
-        self.wake = threading.Event()
-        self.thread: threading.Thread | None = None
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
+        super().__init__(app, interval)
 
-    def ensure_started(self) -> None:
-        if self.thread is not None and self.thread.is_alive():
-            return
-        with self.lock:
-            if self.thread is None or not self.thread.is_alive():
-                self.thread = threading.Thread(target=self._run, name="mail-outbox", daemon=True)
-                self.thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """End the thread after its current pass: an app torn down in-process (a
-        test server) must not go on sending mail queued by other apps."""
-        self.stopping.set()
-        self.wake.set()
-        if self.thread is not None:
-            self.thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self.stopping.is_set():
-            self.wake.wait(self.interval)
-            self.wake.clear()
-            if self.stopping.is_set():
-                break
-            with self.app.app_context():
-                try:
-                    while deliver_pending(self.app):
-                        pass
-                except Exception:
-                    log.exception("mail sender pass failed; will try again")
-                    db.session.rollback()
-                finally:
-                    db.session.remove()
+    def work(self) -> None:
+        with self.app.app_context():
+            try:
+                while deliver_pending(self.app):
+                    pass
+            except Exception:
+                log.exception("mail sender pass failed; will try again")
+                db.session.rollback()
+            finally:
+                db.session.remove()
 
 
 def init_app(app: Flask) -> None:
@@ -167,9 +143,7 @@ def init_app(app: Flask) -> None:
     worker = MailWorker(app)
     app.extensions["mail_worker"] = worker
 
-    @app.before_request
-    def _start_worker():  # started lazily, in the serving process (after any fork)
-        worker.ensure_started()
+    worker.start_with(app)
 
 
 @event.listens_for(Session, "after_commit")

@@ -14,6 +14,8 @@ import httpx2 as httpx
 import openai
 import pytest
 
+from app.extensions import db
+
 from app.models.types import utcnow
 
 HELLO = [{"role": "user", "content": "hello there"}]
@@ -311,6 +313,38 @@ def test_revoked_key_fails_on_the_very_next_request(relay):
     with pytest.raises(openai.AuthenticationError):
         relay.openai(raw).models.list()
     relay.new_rows(mark + 1, 0)  # a key that cannot be used is not metered against
+
+
+@pytest.mark.promise("P53", "P20")
+def test_a_restricted_account_is_refused_until_the_restriction_is_lifted(relay):
+    """Restriction (P53) suspends the account's keys: both SDKs get their own
+    permission error on the next request, nothing is metered, and lifting the
+    restriction lets the same key work again."""
+    from app.models import User
+    from app.services import privacy
+
+    key_id, raw = relay.make_key(name="restricted")
+
+    def set_restricted(on: bool) -> None:
+        with relay.app.app_context(), relay.app.test_request_context():
+            user = db.session.get(User, relay.user_id)
+            (privacy.restrict if on else privacy.lift_restriction)(user, None)
+            db.session.commit()
+
+    mark = relay.mark()
+    set_restricted(True)
+    try:
+        with pytest.raises(openai.PermissionDeniedError) as info:
+            relay.openai(raw).chat.completions.create(model="gpt-test", messages=HELLO)
+        assert "restricted" in info.value.message
+        with pytest.raises(anthropic.PermissionDeniedError) as ainfo:
+            relay.anthropic(raw).messages.create(model="claude-test", max_tokens=10, messages=HELLO)
+        assert ainfo.value.body["error"]["type"] == "permission_error"
+        relay.new_rows(mark, 0)
+    finally:
+        set_restricted(False)
+    assert relay.openai(raw).chat.completions.create(model="gpt-test", messages=HELLO).choices
+    relay.new_rows(mark)
 
 
 @pytest.mark.promise("P20", "P10")
