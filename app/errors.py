@@ -7,7 +7,7 @@ import traceback
 
 from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
 
@@ -24,15 +24,14 @@ API_TYPES = {400: "invalid_request_error", 403: "permission_error", 404: "not_fo
 
 
 def wants_json() -> bool:
-    return request.path.startswith(("/v1/", "/api/"))
+    # /v1/ never reaches Flask: RelayDispatch answers its errors in each SDK's shape.
+    return request.path.startswith("/api/")
 
 
 def render_error(code: int, detail: str | None = None):
     title, message = MESSAGES.get(code, (f"Error {code}", "The request could not be completed."))
     if wants_json():
         type_ = API_TYPES.get(code, "api_error")
-        if request.path.startswith("/v1/messages"):  # Anthropic's SDK reads its own shape
-            return jsonify({"type": "error", "error": {"type": type_, "message": detail or message}}), code
         return jsonify({"error": {"type": type_, "message": detail or message}}), code
     return render_template("errors/error.html", code=code, title=title, message=detail or message), code
 

@@ -154,11 +154,9 @@ def erase_deletions(now: datetime) -> int:
     return erase_due(now)
 
 
-def purge_exports(now: datetime) -> int | str:
-    try:
-        from app.services.exports import purge_expired
-    except (ImportError, AttributeError):
-        return "skipped: exports service not available"
+def purge_exports(now: datetime) -> int:
+    from app.services.exports import purge_expired
+
     n = purge_expired(now)
     db.session.commit()
     return n

@@ -18,7 +18,7 @@ from app.extensions import db, limiter, login_manager
 from app.models import AuditEvent, OutboxMessage, PrivacyRequest, User
 from app.models.privacy import REQUEST_CHANNELS, REQUEST_KINDS
 from app.models.types import utcnow
-from app.services import ServiceError, policy, privacy
+from app.services import ServiceError, deletion, exports, policy, privacy
 from app.services.audit import record_event, verify_chain
 from app.staff import queue, verification
 from app.staff.forms import CloseForm, ExtendForm, FileRequestForm, RectifyForm, StaffCheckForm
@@ -124,21 +124,28 @@ def request_detail(request_id: int):
     return _detail(_request(request_id))
 
 
-@bp.route("/requests/<int:request_id>/verify/link", methods=["POST"])
-def send_verification(request_id: int):
-    req = _request(request_id)
-    if not EmptyForm().validate_on_submit():
-        abort(400)
+def _apply(req: PrivacyRequest, action, success: str):
+    """Run a service action on the request: commit and say so, or roll back and
+    show the service's message. Then back to the request's page."""
     try:
-        verification.send_link(req, current_user)
+        action()
     except ServiceError as exc:
         db.session.rollback()
         flash(str(exc), "error")
     else:
         db.session.commit()
-        flash("A confirmation link was sent to the account's address. The request is verified when "
-              "the person confirms it.", "success")
+        flash(success() if callable(success) else success, "success")
     return _back(req)
+
+
+@bp.route("/requests/<int:request_id>/verify/link", methods=["POST"])
+def send_verification(request_id: int):
+    req = _request(request_id)
+    if not EmptyForm().validate_on_submit():
+        abort(400)
+    return _apply(req, lambda: verification.send_link(req, current_user),
+                  "A confirmation link was sent to the account's address. The request is verified when "
+                  "the person confirms it.")
 
 
 @bp.route("/requests/<int:request_id>/verify/check", methods=["POST"])
@@ -147,15 +154,8 @@ def staff_check(request_id: int):
     form = StaffCheckForm()
     if not form.validate_on_submit():
         return _detail(req, status=422, check_form=form)
-    try:
-        queue.verify_by_staff_check(req, current_user, form.note.data)
-    except ServiceError as exc:
-        db.session.rollback()
-        flash(str(exc), "error")
-    else:
-        db.session.commit()
-        flash("Identity verification recorded.", "success")
-    return _back(req)
+    return _apply(req, lambda: queue.verify_by_staff_check(req, current_user, form.note.data),
+                  "Identity verification recorded.")
 
 
 @bp.route("/requests/<int:request_id>/extend", methods=["POST"])
@@ -164,15 +164,8 @@ def extend(request_id: int):
     form = ExtendForm()
     if not form.validate_on_submit():
         return _detail(req, status=422, extend_form=form)
-    try:
-        queue.extend(req, current_user, form.reason.data)
-    except ServiceError as exc:
-        db.session.rollback()
-        flash(str(exc), "error")
-    else:
-        db.session.commit()
-        flash(f"Extended: now due on {req.due_at:%Y-%m-%d}. The person was told why by email.", "success")
-    return _back(req)
+    return _apply(req, lambda: queue.extend(req, current_user, form.reason.data),
+                  lambda: f"Extended: now due on {req.due_at:%Y-%m-%d}. The person was told why by email.")
 
 
 @bp.route("/requests/<int:request_id>/close", methods=["POST"])
@@ -181,15 +174,8 @@ def close(request_id: int):
     form = CloseForm()
     if not form.validate_on_submit():
         return _detail(req, status=422, close_form=form)
-    try:
-        privacy.close(req, current_user, form.outcome.data, form.reason.data)
-    except ServiceError as exc:
-        db.session.rollback()
-        flash(str(exc), "error")
-    else:
-        db.session.commit()
-        flash(f"Request #{req.id} is closed. The person was sent the outcome and reason.", "success")
-    return _back(req)
+    return _apply(req, lambda: privacy.close(req, current_user, form.outcome.data, form.reason.data),
+                  f"Request #{req.id} is closed. The person was sent the outcome and reason.")
 
 
 # ---- carrying a request out ------------------------------------------------------------
@@ -214,10 +200,6 @@ CONFIRM = {
 }
 
 
-def _missing(feature: str):
-    flash(f"{feature} is not available in this build yet. Nothing was changed.", "error")
-
-
 @bp.route("/requests/<int:request_id>/carry-out", methods=["GET", "POST"])
 @fresh_login_required
 def carry_out(request_id: int):
@@ -237,12 +219,7 @@ def carry_out(request_id: int):
                                cancel=url_for("staff.request_detail", request_id=req.id), danger=danger)
     if req.kind in ("export", "access"):
         try:
-            from app.services.exports import request_export
-        except ImportError:
-            _missing("Exports")
-            return _back(req)
-        try:
-            request_export(user, "staff", request_id=req.id)
+            exports.request_export(user, "staff", request_id=req.id)
         except ServiceError as exc:
             db.session.rollback()
             flash(str(exc), "error")
@@ -251,12 +228,7 @@ def carry_out(request_id: int):
         done = "The export is being built; the person gets a download link by email when it is ready."
     elif req.kind == "delete":
         try:
-            from app.services.deletion import request_deletion
-        except ImportError:
-            _missing("Deletion")
-            return _back(req)
-        try:
-            request_deletion(user, current_user, channel=req.channel, request=req)
+            deletion.request_deletion(user, current_user, channel=req.channel, request=req)
         except ServiceError as exc:
             db.session.rollback()
             flash(str(exc), "error")

@@ -391,7 +391,6 @@ def people_user(app, user_id) -> User:
 
 @pytest.mark.promise("P51", "P54")
 def test_export_from_the_queue(app, people):
-    pytest.importorskip("app.services.exports")
     from app.models import DataExport
 
     req_id = add_request(app, people.person_id, kind="export", verified=True)
@@ -404,7 +403,6 @@ def test_export_from_the_queue(app, people):
 
 @pytest.mark.promise("P52", "P54")
 def test_delete_from_the_queue(app, people):
-    pytest.importorskip("app.services.deletion")
     req_id = add_request(app, people.person_id, kind="delete", channel="email", verified=True)
     resp = post(people, f"/staff/requests/{req_id}/carry-out", page=f"/staff/requests/{req_id}/carry-out")
     assert resp.status_code == 302
