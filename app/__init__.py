@@ -70,6 +70,7 @@ def create_app(overrides: dict[str, Any] | None = None, migrations: bool = True)
     from app.exports.routes import bp as exports_bp
     from app.deletion.routes import bp as deletion_bp
     from app.incidents.routes import bp as incidents_bp
+    from app.policy.staff import bp as policy_staff_bp
 
     app.register_blueprint(main_bp)
     app.register_blueprint(auth_bp)
@@ -82,6 +83,7 @@ def create_app(overrides: dict[str, Any] | None = None, migrations: bool = True)
     app.register_blueprint(exports_bp)  # /privacy-center/export/... and /api/v1/export
     app.register_blueprint(deletion_bp, url_prefix="/privacy-center/delete")
     app.register_blueprint(incidents_bp, url_prefix="/staff/incidents")
+    app.register_blueprint(policy_staff_bp, url_prefix="/staff/policy")
 
     from app.relay import routes as relay
     relay.init_app(app)

@@ -1,4 +1,5 @@
-"""The one scheduled job (P60): retention, due deletions, expired exports.
+"""The one scheduled job (P60): retention, due deletions, expired exports,
+and the mailing about a material policy change (P62).
 
 `run_all` is the entry point for `flask jobs run` (cron) and for the
 in-process scheduler thread. It takes a named lease in `job_locks` with one
@@ -19,10 +20,11 @@ from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 
 import sqlalchemy as sa
-from flask import Flask, current_app
+from flask import Flask
 from sqlalchemy.exc import IntegrityError
 
 from app.extensions import db
+from app.services import policy
 from app.services.dates import add_months
 from app.services.worker import BackgroundWorker
 from app.models import AuditCheckpoint, AuditEvent, JobLock, UsageDaily, UsageRecord
@@ -75,7 +77,7 @@ def rollup_usage(now: datetime) -> int:
     and delete them, one day per transaction. A day cut by the window edge is
     rolled in two runs; the second adds to the aggregate rows of the first.
     Returns the number of raw rows removed."""
-    cutoff = now - timedelta(days=current_app.config["METADATA_RETENTION_DAYS"])
+    cutoff = now - timedelta(days=policy.enforced("METADATA_RETENTION_DAYS", now))
     removed = 0
     while True:
         oldest = db.session.scalar(sa.select(sa.func.min(UsageRecord.started_at))
@@ -116,7 +118,7 @@ def rollup_usage(now: datetime) -> int:
 
 def prune_aggregates(now: datetime) -> int:
     """Daily aggregates are kept AGGREGATE_RETENTION_MONTHS months."""
-    cutoff = add_months(now.date(), -current_app.config["AGGREGATE_RETENTION_MONTHS"])
+    cutoff = add_months(now.date(), -policy.enforced("AGGREGATE_RETENTION_MONTHS", now))
     n = db.session.execute(sa.delete(UsageDaily).where(UsageDaily.day < cutoff)
                            .execution_options(synchronize_session=False)).rowcount
     db.session.commit()
@@ -129,7 +131,7 @@ def prune_audit(now: datetime) -> int:
     still verifies from it (P55)."""
     from app.services.audit import _LOCK_ID, record_event
 
-    cutoff = now - timedelta(days=current_app.config["AUDIT_RETENTION_DAYS"])
+    cutoff = now - timedelta(days=policy.enforced("AUDIT_RETENTION_DAYS", now))
     if db.engine.dialect.name == "postgresql":  # no writer appends while the prefix goes
         db.session.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_ID})
     last = db.session.scalar(sa.select(AuditEvent).where(AuditEvent.created_at < cutoff)
@@ -170,12 +172,18 @@ def keep_billing(now: datetime) -> int:
     return 0
 
 
+def queue_policy_notices(now: datetime) -> int:
+    """Mail every account about a material policy change not yet announced (P62)."""
+    return policy.run_notices(now)
+
+
 def _steps():
     # Looked up at call time, so a test can replace one step.
     g = globals()
     return [("usage_rolled_up", g["rollup_usage"]), ("aggregates_pruned", g["prune_aggregates"]),
             ("audit_pruned", g["prune_audit"]), ("accounts_erased", g["erase_deletions"]),
-            ("exports_purged", g["purge_exports"]), ("billing_pruned", g["keep_billing"])]
+            ("exports_purged", g["purge_exports"]), ("billing_pruned", g["keep_billing"]),
+            ("policy_notices_queued", g["queue_policy_notices"])]
 
 
 def run_all(app: Flask, now: datetime | None = None) -> dict:

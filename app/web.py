@@ -39,7 +39,20 @@ def init_app(app: Flask) -> None:
 
     @app.context_processor
     def inject():
-        return {"site_name": app.config["SITE_NAME"]}
+        return {"site_name": app.config["SITE_NAME"], "upcoming_policy": _upcoming_policy}
+
+
+def _upcoming_policy():
+    """The policy version waiting for its date, for the banner on every page
+    (P62); once per request, and never the reason an error page fails."""
+    if "upcoming_policy" not in g:
+        from app.services.policy import upcoming
+        try:
+            g.upcoming_policy = upcoming()
+        except Exception:  # a broken database must not break the error page too
+            db.session.rollback()
+            g.upcoming_policy = None
+    return g.upcoming_policy
 
 
 def is_htmx() -> bool:

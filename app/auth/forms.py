@@ -1,5 +1,5 @@
 """Forms for signing up, in and out. Messages are the ones a person sees."""
-from flask import current_app
+from app.services import policy
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, EqualTo, InputRequired, ValidationError
@@ -14,10 +14,12 @@ class SignupForm(FlaskForm):
     password = PasswordField("Password", validators=[InputRequired("Choose a password.")])
     age_ok = BooleanField("I am old enough")
     accept_policy = BooleanField("I have read and accept the privacy policy")
+    # Opt-in (P50): unticked unless the person ticks it; nothing is recorded when left alone.
+    marketing_email = BooleanField("Email me product news", default=False)
 
     def validate_age_ok(self, field):
         if not field.data:
-            raise ValidationError(f"You must be at least {current_app.config['MIN_AGE']} to open an account.")
+            raise ValidationError(f"You must be at least {policy.enforced('MIN_AGE')} to open an account.")
 
     def validate_accept_policy(self, field):
         if not field.data:

@@ -47,7 +47,8 @@ def signup():
     version = policy.current_version()
     if form.validate_on_submit():
         try:
-            accounts.signup(form.email.data, form.password.data, version)
+            accounts.signup(form.email.data, form.password.data, version,
+                            marketing_email=form.marketing_email.data)
         except ServiceError as exc:
             target = form.password if "characters" in str(exc) else form.email
             target.errors = [*target.errors, str(exc)]
@@ -56,7 +57,7 @@ def signup():
             session["signup_email"] = form.email.data.strip()
             return redirect(url_for("auth.check_email"))
     return render_template("auth/signup.html", form=form, policy_version=version,
-                           min_age=current_app.config["MIN_AGE"])
+                           min_age=policy.enforced("MIN_AGE"))
 
 
 @bp.route("/signup/check-email")
@@ -215,9 +216,9 @@ def magic_request():
         accounts.request_magic_link(form.email.data)
         db.session.commit()
         return render_template("auth/link_sent.html", what="a sign-in link",
-                               minutes=current_app.config["MAGIC_LINK_MINUTES"])
+                               minutes=policy.enforced("MAGIC_LINK_MINUTES"))
     return render_template("auth/magic_request.html", form=form,
-                           minutes=current_app.config["MAGIC_LINK_MINUTES"])
+                           minutes=policy.enforced("MAGIC_LINK_MINUTES"))
 
 
 @bp.route("/login/link/<token>", methods=["GET", "POST"])

@@ -15,7 +15,7 @@ from flask_login import current_user, logout_user
 from app.auth.forms import EmptyForm
 from app.deletion.forms import CONFIRM_WORD, DeleteRequestForm
 from app.extensions import db
-from app.services import ServiceError, deletion
+from app.services import ServiceError, deletion, policy
 from app.web import fresh_login_required
 
 bp = Blueprint("deletion", __name__)
@@ -27,7 +27,7 @@ _STEP = "deletion_confirmed_at"
 
 def _facts() -> dict:
     c = current_app.config
-    return {"grace_days": c["DELETION_GRACE_DAYS"], "billing_years": c["BILLING_RETENTION_YEARS"],
+    return {"grace_days": c["DELETION_GRACE_DAYS"], "billing_years": policy.enforced("BILLING_RETENTION_YEARS"),
             "confirm_word": CONFIRM_WORD}
 
 

@@ -3,11 +3,11 @@ from app.models.audit import AuditEvent
 from app.models.incident import Incident, IncidentNotice
 from app.models.key import ApiKey
 from app.models.mail import OutboxMessage
-from app.models.policy import PolicyAcceptance, PolicyVersion
+from app.models.policy import PolicyAcceptance, PolicyNotice, PolicyVersion
 from app.models.privacy import AuditCheckpoint, ConsentEvent, DataExport, JobLock, PrivacyRequest, UsageDaily
 from app.models.usage import UsageRecord
 from app.models.user import OneTimeToken, RecoveryCode, User, UserSession
 
-__all__ = ["ApiKey", "UsageRecord", "AuditEvent", "OutboxMessage", "PolicyAcceptance", "PolicyVersion",
+__all__ = ["ApiKey", "UsageRecord", "AuditEvent", "OutboxMessage", "PolicyAcceptance", "PolicyNotice", "PolicyVersion",
            "OneTimeToken", "RecoveryCode", "User", "UserSession",
            "AuditCheckpoint", "ConsentEvent", "Incident", "IncidentNotice", "DataExport", "JobLock", "PrivacyRequest", "UsageDaily"]

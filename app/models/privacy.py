@@ -77,6 +77,10 @@ class DataExport(db.Model):
     The download link's token is stored as a keyed hash and works once."""
 
     __tablename__ = "data_exports"
+    # One export in flight per person, even when two requests race past the service's check.
+    __table_args__ = (sa.Index("uq_data_exports_in_flight", "user_id", unique=True,
+                               sqlite_where=sa.text("status IN ('queued', 'running')"),
+                               postgresql_where=sa.text("status IN ('queued', 'running')")),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)

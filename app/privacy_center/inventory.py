@@ -16,6 +16,7 @@ from flask import current_app
 from sqlalchemy.orm import aliased
 
 from app.extensions import db
+from app.services import policy
 from app.services.dates import add_months
 from app.models import (ApiKey, AuditEvent, ConsentEvent, DataExport, PolicyAcceptance, PrivacyRequest,
                         RecoveryCode, UsageDaily, UsageRecord, User, UserSession)
@@ -59,8 +60,9 @@ def _plural(n: int, word: str) -> str:
 def inventory(user: User) -> list[Category]:
     """Every category stored about `user`, in the order a person thinks of them."""
     cfg = current_app.config
-    days, months = cfg["METADATA_RETENTION_DAYS"], cfg["AGGREGATE_RETENTION_MONTHS"]
-    audit_days, billing_years = cfg["AUDIT_RETENTION_DAYS"], cfg["BILLING_RETENTION_YEARS"]
+    rule = policy.enforced  # the windows of the policy in effect, which the jobs apply
+    days, months = rule("METADATA_RETENTION_DAYS"), rule("AGGREGATE_RETENTION_MONTHS")
+    audit_days, billing_years = rule("AUDIT_RETENTION_DAYS"), rule("BILLING_RETENTION_YEARS")
     session_days = max(1, round(cfg["PERMANENT_SESSION_LIFETIME"] / 86400))
     out: list[Category] = []
 

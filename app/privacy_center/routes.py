@@ -17,7 +17,7 @@ from flask import (Blueprint, abort, flash, has_request_context, make_response, 
 from flask_login import current_user, login_required
 
 from app.auth.forms import EmptyForm
-from app.extensions import db
+from app.extensions import csrf, db
 from app.models import PolicyVersion, PrivacyRequest, User
 from app.models.privacy import CONSENT_PURPOSES
 from app.models.types import utcnow
@@ -168,21 +168,25 @@ def _link_problem():
 
 
 @bp.route("/unsubscribe/<token>", methods=["GET", "POST"])
+@csrf.exempt
 def unsubscribe(token: str):
-    """GET only shows a button, so a mail scanner opening the link changes nothing."""
+    """GET only shows a button, so a mail scanner opening the link changes nothing.
+
+    POST withdraws. It is exempt from CSRF because mail clients send it on
+    their own (RFC 8058: body "List-Unsubscribe=One-Click", no cookies, no
+    token): the signed token in the URL is what authorises it, and it can only
+    ever turn marketing off. The page's button posts to the same place.
+    """
     user_id = consent_links.read_token(token)
     user = db.session.get(User, user_id) if user_id is not None else None
     if user is None:
         return _link_problem()
-    form = EmptyForm()
     if request.method == "POST":
-        if not form.validate_on_submit():
-            return render_template("privacy_center/unsubscribe.html", state="confirm", form=form,
-                                   token=token, error="This form has expired. Press the button again."), 400
         changed = set_consent(user, "marketing_email", False, source="email_link")
         db.session.commit()
         return render_template("privacy_center/unsubscribe.html", state="done", changed=changed)
-    return render_template("privacy_center/unsubscribe.html", state="confirm", form=form, token=token,
+    # The button's form still carries the usual token; it is not what authorises the POST.
+    return render_template("privacy_center/unsubscribe.html", state="confirm", form=EmptyForm(), token=token,
                            already=not user.marketing_email)
 
 

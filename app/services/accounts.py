@@ -16,6 +16,8 @@ from app.models.types import utcnow
 from app.services import ServiceError, mail, sessions, tokens
 from app.services.audit import record_event
 from app.services.passwords import burn_time, hash_password, verify_password
+from app.services.policy import enforced
+from app.services.privacy import set_consent
 
 
 def normalize_email(raw: str) -> tuple[str, str]:
@@ -47,12 +49,18 @@ def _link(endpoint: str, token: str) -> str:
     return current_app.config["BASE_URL"] + url_for(endpoint, token=token)
 
 
-def signup(email: str, password: str, policy: PolicyVersion) -> User | None:
+def signup(email: str, password: str, policy: PolicyVersion, marketing_email: bool = False) -> User | None:
     """Create an account and queue its verification mail.
 
     When the address already has an account, nothing is created and its owner is
     told by mail instead; the caller shows the same page either way, so signup
     does not reveal which addresses have accounts.
+
+    `marketing_email` is the opt-in box of the form (P50): ticked, the consent
+    is recorded in the new account's history with source "signup" under the
+    policy version just accepted (set_consent stamps the version in effect,
+    which is the one the caller passes); unticked, nothing is recorded. It never
+    touches an existing account: whoever typed its address may not own it.
     """
     normalized, key = normalize_email(email)
     check_password_rules(password)
@@ -72,7 +80,9 @@ def signup(email: str, password: str, policy: PolicyVersion) -> User | None:
     db.session.add(PolicyAcceptance(user_id=user.id, policy_version_id=policy.id, accepted_at=now,
                                     context="signup"))
     record_event(user, "account:created", policy_version=policy.number,
-                 min_age=current_app.config["MIN_AGE"])
+                 min_age=enforced("MIN_AGE"))
+    if marketing_email:
+        set_consent(user, "marketing_email", True, source="signup", now=now)
     send_verification(user)
     return user
 
@@ -160,7 +170,7 @@ def request_magic_link(email: str) -> None:
         return
     token = tokens.issue(user, tokens.MAGIC)
     mail.queue(user.email, "account:magic_link", f"Your sign-in link for {current_app.config['SITE_NAME']}",
-               "magic_link", link=_link("auth.magic", token), minutes=current_app.config["MAGIC_LINK_MINUTES"])
+               "magic_link", link=_link("auth.magic", token), minutes=enforced("MAGIC_LINK_MINUTES"))
     record_event(None, "account:magic_link:requested", subject=user)
 
 

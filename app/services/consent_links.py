@@ -1,4 +1,4 @@
-"""Signed one-click unsubscribe links for marketing mail (P50).
+"""Signed one-click unsubscribe links for marketing mail and their List-Unsubscribe headers (P50).
 
 The token is the user id signed with SECRET_KEY under its own salt, so it
 cannot be forged or reused as any other kind of link. It does not expire: a
@@ -7,9 +7,11 @@ off, so holding it grants nothing else.
 """
 from __future__ import annotations
 
+import sqlalchemy as sa
 from flask import current_app
 from itsdangerous import BadSignature, URLSafeSerializer
 
+from app.extensions import db
 from app.models import User
 
 SALT = "unsubscribe"
@@ -35,3 +37,20 @@ def read_token(token: str) -> int | None:
 def unsubscribe_url(user: User) -> str:
     """The absolute link for a marketing mail's footer (works outside a request)."""
     return f"{current_app.config['BASE_URL']}/privacy-center/unsubscribe/{make_token(user)}"
+
+
+def list_unsubscribe_headers(to_addr: str) -> dict[str, str]:
+    """RFC 8058 one-click unsubscribe headers for a mail to `to_addr`, or {}.
+
+    No mail carries a marketing footer yet, so the headers go on every mail to
+    an account whose marketing consent is on at the moment of sending: a mail
+    client's "Unsubscribe" then withdraws it in one click (a POST with
+    "List-Unsubscribe=One-Click" to the signed link). Anyone else, including an
+    address that is not an account's (a new address being confirmed), gets
+    none: there is nothing to unsubscribe from.
+    """
+    user = db.session.scalar(sa.select(User).where(User.email_key == to_addr.lower()))
+    if user is None or not user.marketing_email:
+        return {}
+    return {"List-Unsubscribe": f"<{unsubscribe_url(user)}>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}

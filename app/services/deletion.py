@@ -28,7 +28,7 @@ from app.extensions import db
 from app.models import (ApiKey, ConsentEvent, DataExport, OneTimeToken, PolicyAcceptance, PrivacyRequest,
                         RecoveryCode, UsageDaily, UsageRecord, User, UserSession)
 from app.models.types import utcnow
-from app.services import ServiceError, mail
+from app.services import ServiceError, mail, policy
 from app.services import privacy as privacy_core
 from app.services.audit import record_event
 from app.services.crypto import token_hash
@@ -167,7 +167,7 @@ def request_deletion(user: User, actor, *, channel: str = "portal", request: Pri
     c = current_app.config
     mail.queue(user.email, "privacy:deletion:receipt", "Your account is scheduled for deletion",
                "deletion_receipt", req=request, requested_at=now, execute_after=request.execute_after,
-               grace_days=c["DELETION_GRACE_DAYS"], billing_years=c["BILLING_RETENTION_YEARS"],
+               grace_days=c["DELETION_GRACE_DAYS"], billing_years=policy.enforced("BILLING_RETENTION_YEARS"),
                keys_revoked=keys_revoked,
                cancel_url=_url("deletion.cancel", token=token))
     record_event(actor, "privacy:deletion:requested", subject=user, request=request.id, channel=channel,
@@ -248,7 +248,7 @@ def erase(user_id: int, now: datetime | None = None) -> bool:
             # Closed while the address still exists, so the closing mail reaches it.
             privacy_core.close(req, None, "done", (
                 f"Your account was erased on {now:%Y-%m-%d}. We kept only what the law or the integrity of "
-                f"other records requires: billing records ({current_app.config['BILLING_RETENTION_YEARS']} "
+                f"other records requires: billing records ({policy.enforced('BILLING_RETENTION_YEARS')} "
                 "years), the wallet ledger, usage totals that no longer point at you, and the audit trail "
                 "by number only."), now=now)
         else:

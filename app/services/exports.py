@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 from flask import Flask, current_app, has_app_context
 from sqlalchemy import event
 from sqlalchemy.orm import Session
@@ -47,7 +48,9 @@ BATCH = 5000            # rows per keyset page
 YIELD_EVERY = 1000      # rows between drains of the ZIP stream (bounds the API's buffer)
 PROGRESS_EVERY = 5000   # rows between progress commits while building
 STALE_RUNNING = timedelta(hours=6)   # a build this old died with its process
-IN_FLIGHT = ("queued", "running")
+IN_FLIGHT = ("queued", "running")  # the partial unique index uq_data_exports_in_flight says the same
+BUSY = ("An export is already being prepared. It will be ready in a few minutes; "
+        "we will email you when it is.")
 STATUS_LABELS = {"queued": "Waiting to start", "running": "Being prepared", "ready": "Ready to download",
                  "failed": "Failed", "downloaded": "Downloaded", "expired": "Expired"}
 
@@ -549,12 +552,14 @@ def request_export(user: User, source: str, request_id: int | None = None,
     busy = db.session.scalar(sa.select(DataExport.id).where(DataExport.user_id == user.id,
                                                              DataExport.status.in_(IN_FLIGHT)).limit(1))
     if busy is not None:
-        raise ServiceError("An export is already being prepared. It will be ready in a few minutes; "
-                           "we will email you when it is.")
+        raise ServiceError(BUSY)
     exp = DataExport(user_id=user.id, source=source, request_id=request_id, status="queued", progress=0,
                      created_at=now or utcnow())
-    db.session.add(exp)
-    db.session.flush()
+    try:
+        with db.session.begin_nested():  # two requests racing past the check: the index stops the second
+            db.session.add(exp)
+    except IntegrityError:
+        raise ServiceError(BUSY) from None
     record_event(user, "privacy:export:requested", export=exp.id, source=source, request=request_id)
     db.session.info["export_queued"] = True
     return exp

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from app.extensions import db
 from app.models import OutboxMessage
 from app.models.types import utcnow
+from app.services import consent_links
 from app.services.worker import BackgroundWorker
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,13 @@ def _build(app: Flask, row: OutboxMessage) -> EmailMessage:
     em["Date"] = formatdate(localtime=False)
     em["Message-ID"] = make_msgid(domain="relay.local")
     em["Auto-Submitted"] = "auto-generated"
+    extra = consent_links.list_unsubscribe_headers(row.to_addr)
+    if extra:
+        # Stored as given, on one line each: folded, a long URL would turn into an
+        # RFC 2047 encoded word that no mail client reads as a link.
+        em.policy = em.policy.clone(refold_source="none")
+        for name, value in extra.items():
+            em.set_raw(name, value)
     em.set_content(row.body_text)
     return em
 

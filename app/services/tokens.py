@@ -18,7 +18,7 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from app.extensions import db
 from app.models import OneTimeToken, User
 from app.models.types import utcnow
-from app.services import ServiceError
+from app.services import ServiceError, policy
 from app.services.crypto import token_hash
 
 VERIFY = "verify_email"
@@ -33,8 +33,7 @@ def _lifetime(purpose: str) -> timedelta:
         VERIFY: timedelta(hours=c["VERIFY_LINK_HOURS"]),
         CHANGE_EMAIL: timedelta(hours=c["VERIFY_LINK_HOURS"]),
         RESET: timedelta(minutes=c["RESET_LINK_MINUTES"]),
-        MAGIC: timedelta(minutes=c["MAGIC_LINK_MINUTES"]),
-    }[purpose]
+    }[purpose] if purpose != MAGIC else timedelta(minutes=policy.enforced("MAGIC_LINK_MINUTES"))
 
 
 def _serializer(purpose: str) -> URLSafeTimedSerializer:

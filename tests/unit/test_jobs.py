@@ -147,7 +147,8 @@ def test_audit_prune_writes_a_checkpoint_and_the_chain_still_verifies(ctx, monke
     cp = db.session.scalars(sa.select(AuditCheckpoint)).one()
     assert (cp.removed_through_id, cp.last_removed_hash, cp.removed_count) == (old[-1], last_old_hash, 3)
     report = verify_chain()
-    assert report.ok and report.checked == 3  # two kept + the prune's own event
+    # two kept + the first policy version, published when the job first read it + the prune's own event
+    assert report.ok and report.checked == 4
     assert "retention:audit:pruned" in db.session.scalars(sa.select(AuditEvent.event)).all()
 
     # Running again prunes nothing and writes no second checkpoint.
@@ -240,11 +241,11 @@ def test_running_twice_is_idempotent(ctx, monkeypatch):
     write_events(monkeypatch, now - timedelta(days=100), 2, "old")
     first = steps_only(jobs.run_all(ctx, now=now))
     assert first == {"usage_rolled_up": 2, "aggregates_pruned": 1, "audit_pruned": 2, "accounts_erased": 0,
-                     "billing_pruned": 0}
+                     "billing_pruned": 0, "policy_notices_queued": 0}
     snapshot = [(d.day, d.requests, d.errors) for d in db.session.scalars(sa.select(UsageDaily).order_by(UsageDaily.day))]
     second = steps_only(jobs.run_all(ctx, now=now))
     assert second == {"usage_rolled_up": 0, "aggregates_pruned": 0, "audit_pruned": 0, "accounts_erased": 0,
-                      "billing_pruned": 0}
+                      "billing_pruned": 0, "policy_notices_queued": 0}
     assert [(d.day, d.requests, d.errors)
             for d in db.session.scalars(sa.select(UsageDaily).order_by(UsageDaily.day))] == snapshot
     assert verify_chain().ok

@@ -21,8 +21,8 @@ import sqlalchemy as sa
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
 from app.extensions import db
-from app.models import (AuditEvent, OneTimeToken, OutboxMessage, PolicyAcceptance, PolicyVersion, User,
-                        UserSession)
+from app.models import (AuditEvent, ConsentEvent, OneTimeToken, OutboxMessage, PolicyAcceptance, PolicyVersion,
+                        User, UserSession)
 from tests.conftest import Forms
 from tests.fakes.smtp import body, link
 
@@ -228,6 +228,66 @@ def test_signup_normalizes_the_address(app, forms):
     assert user is not None
     assert user.email_key == "ada@example.com"
     assert user.email == "Ada@example.com"  # the domain is case-folded, the local part kept
+
+
+def consent_events(app, user_id) -> list[tuple[str, bool, str, int]]:
+    with app.app_context():
+        return [(e.purpose, e.granted, e.source, e.policy_version_id) for e in db.session.scalars(
+            sa.select(ConsentEvent).where(ConsentEvent.user_id == user_id).order_by(ConsentEvent.id))]
+
+
+@pytest.mark.promise("P50")
+def test_signup_asks_for_marketing_email_unticked_and_records_nothing_when_left_alone(app, client, forms, mail):
+    page = text(client.get("/signup"))
+    box = re.search(r'<input[^>]*name="marketing_email"[^>]*>', page)
+    assert box and 'type="checkbox"' in box.group(0) and "checked" not in box.group(0)
+    assert "Email me product news" in page
+
+    assert forms.post("/signup", signup_data()).status_code == 302
+
+    user = user_by_email(app, "ada@example.com")
+    assert user.marketing_email is False and user.preference_cookies is False
+    assert consent_events(app, user.id) == []
+    assert count(app, AuditEvent, AuditEvent.event.like("consent:%")) == 0
+
+
+@pytest.mark.promise("P50")
+def test_ticking_marketing_email_at_signup_records_it_with_source_and_accepted_policy_version(app, client, forms,
+                                                                                               mail):
+    before = datetime.now(timezone.utc) - timedelta(seconds=1)
+    assert forms.post("/signup", signup_data(marketing_email="y")).status_code == 302
+
+    user = user_by_email(app, "ada@example.com")
+    assert user.marketing_email is True and user.preference_cookies is False
+    with app.app_context():
+        accepted = db.session.scalar(sa.select(PolicyAcceptance).where(PolicyAcceptance.user_id == user.id))
+        event = db.session.scalar(sa.select(ConsentEvent).where(ConsentEvent.user_id == user.id))
+        number = accepted.version.number
+        assert before <= event.created_at <= datetime.now(timezone.utc) + timedelta(seconds=1)
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(AuditEvent).where(
+            AuditEvent.event == "consent:marketing_email:given")) == 1
+    assert consent_events(app, user.id) == [("marketing_email", True, "signup", accepted.policy_version_id)]
+
+    # The person sees it in their consent history: given, at signup, under the version they accepted.
+    client.get(path_of(link(mail.wait_for("ada@example.com", "Confirm your email"))))
+    assert forms.post("/login", {"email": "ada@example.com", "password": PASSWORD}).status_code == 302
+    page = text(client.get("/privacy-center/"))
+    history = page[page.index('id="consent-history"'):]
+    assert "given" in history and "Signup" in history
+    assert f'href="/privacy/versions/{number}"' in history
+    assert "Turn off marketing email" in page
+
+
+@pytest.mark.promise("P50")
+def test_signup_with_a_taken_address_never_changes_that_accounts_consent(app, client, other, forms, users, mail):
+    uid = users.create()
+
+    again = Forms(other).post("/signup", signup_data(marketing_email="y", password="another good password"))
+
+    assert again.status_code == 302 and location(again) == "/signup/check-email"
+    mail.wait_for("ada@example.com", "Someone tried to sign up")
+    assert users.get(uid).marketing_email is False
+    assert consent_events(app, uid) == []
 
 
 # ---- email verification ----------------------------------------------------------------

@@ -304,6 +304,26 @@ def test_one_export_at_a_time_and_csrf(app, client, users):
             exports.request_export(db.session.get(User, uid), "staff")
 
 
+@pytest.mark.promise("P51")
+def test_two_requests_racing_past_the_check_still_make_one_export(app, users, monkeypatch):
+    # Both requests read "nothing in flight" before either wrote: the partial
+    # unique index refuses the second, which the person sees as the usual message.
+    uid = users.create()
+    with app.app_context():
+        user = db.session.get(User, uid)
+        first = exports.request_export(user, "portal")
+        db.session.commit()
+        real_scalar = db.session.scalar
+        monkeypatch.setattr(db.session, "scalar", lambda stmt, *a, **kw: None
+                            if "data_exports" in str(stmt) else real_scalar(stmt, *a, **kw))
+        with pytest.raises(ServiceError, match="already being prepared"):
+            exports.request_export(user, "api")
+        monkeypatch.undo()
+        db.session.commit()  # the caller's transaction goes on unharmed
+        rows = db.session.scalars(sa.select(DataExport.id).where(DataExport.user_id == uid)).all()
+        assert rows == [first.id]
+
+
 def test_login_required(client, app, users):
     assert client.get("/privacy-center/export/").status_code == 302
     resp = client.get("/privacy-center/export/download/abc")

@@ -267,16 +267,18 @@ def test_privacy_page_is_rendered_from_the_settings(make_app):
 
 
 @pytest.mark.promise("P61")
-def test_changed_setting_publishes_a_new_version_and_archives_the_old(make_app):
+def test_protective_setting_change_publishes_a_new_version_at_once_and_archives_the_old(make_app):
+    # A higher minimum age and a shorter audit retention only protect people more:
+    # no notice needed (P62 covers the other kind, tests/web/test_policy_changes.py).
     first = make_app(**POLICY_V1)
     assert "Version 1" in text(first.test_client().get("/privacy"))
     again = text(first.test_client().get("/privacy"))
     assert "Version 2" not in again, "the same settings do not publish again"
 
-    second = make_app(**{**POLICY_V1, "MIN_AGE": "25", "AUDIT_RETENTION_DAYS": "60"})
+    second = make_app(**{**POLICY_V1, "MIN_AGE": "25", "AUDIT_RETENTION_DAYS": "20"})
     c = second.test_client()
     page = text(c.get("/privacy"))
-    assert "Version 2" in page and "<strong>25</strong>" in page and "<td>60 days</td>" in page
+    assert "Version 2" in page and "<strong>25</strong>" in page and "<td>20 days</td>" in page
     assert "<strong>archived</strong>" not in page
     assert 'href="/privacy/versions/1"' in page and 'href="/privacy/versions/2"' in page
 

@@ -221,6 +221,98 @@ def test_a_tampered_unsubscribe_token_is_refused_with_a_clear_page(app, person):
         assert db.session.get(User, person).marketing_email is True
 
 
+ONE_CLICK = "List-Unsubscribe=One-Click"
+
+
+@pytest.mark.promise("P50")
+def test_one_click_post_from_a_mail_client_withdraws_without_csrf_or_cookies(app, client, person):
+    with app.app_context():
+        user = db.session.get(User, person)
+        privacy.set_consent(user, "marketing_email", True, source="privacy_center")
+        db.session.commit()
+        path = unsubscribe_url(user).removeprefix("http://localhost")
+
+    # What a mail client sends (RFC 8058): the body below, no CSRF token, no session cookie.
+    mail_client = app.test_client(use_cookies=False)
+    resp = mail_client.post(path, data=ONE_CLICK, content_type="application/x-www-form-urlencoded")
+    assert resp.status_code == 200 and "You are unsubscribed" in text(resp)
+    rows = consent_rows(app, person)
+    assert [(r.granted, r.source) for r in rows] == [(True, "privacy_center"), (False, "email_link")]
+    with app.app_context():
+        assert db.session.get(User, person).marketing_email is False
+        assert rows[-1].policy_version_id == current_version().id
+
+    # The same as multipart/form-data, which RFC 8058 prefers: nothing more to withdraw, nothing recorded.
+    again = mail_client.post(path, data={"List-Unsubscribe": "One-Click"}, content_type="multipart/form-data")
+    assert again.status_code == 200 and "already off" in text(again)
+    assert len(consent_rows(app, person)) == 2
+
+    # The person's history shows it.
+    history = text(client.get(PC))
+    history = history[history.index('id="consent-history"'):]
+    assert "withdrawn" in history and "Link in an email" in history
+
+    # Only this endpoint is exempt: the privacy center's own forms still need their token.
+    refused = client.post("/privacy-center/consent/marketing_email", data={"granted": "1"})
+    assert refused.status_code == 400 and len(consent_rows(app, person)) == 2
+
+
+@pytest.mark.promise("P50")
+def test_one_click_post_with_a_bad_token_changes_nothing_and_says_so(app, users, person):
+    gone = users.create("gone@example.com")
+    with app.app_context():
+        user = db.session.get(User, person)
+        privacy.set_consent(user, "marketing_email", True, source="privacy_center")
+        token = unsubscribe_url(user).rsplit("/", 1)[1]
+        forged = URLSafeSerializer("not-our-secret", salt="unsubscribe").dumps(person)
+        other_salt = URLSafeSerializer(app.config["SECRET_KEY"], salt="email-verify").dumps(person)
+        deleted = unsubscribe_url(db.session.get(User, gone)).rsplit("/", 1)[1]
+        db.session.delete(db.session.get(User, gone))
+        db.session.commit()
+    mail_client = app.test_client(use_cookies=False)
+    for bad in (forged, other_salt, token[:-2] + ("AA" if not token.endswith("AA") else "BB"), deleted,
+                "nonsense", "%00", "x" * 3000):
+        resp = mail_client.post(f"/privacy-center/unsubscribe/{bad}", data=ONE_CLICK,
+                                content_type="application/x-www-form-urlencoded")
+        assert resp.status_code == 400, bad[:40]
+        assert "This unsubscribe link is not valid" in text(resp) and "Nothing was changed" in text(resp)
+    assert len(consent_rows(app, person)) == 1
+    with app.app_context():
+        assert db.session.get(User, person).marketing_email is True
+
+
+@pytest.mark.promise("P50")
+def test_mail_to_a_person_with_marketing_consent_carries_one_click_unsubscribe_headers(app, client, forms, users,
+                                                                                         person, mail):
+    bob = users.create("bob@example.com")  # no marketing consent
+    toggle(forms, "marketing_email", True)
+    anonymous = Forms(app.test_client())
+    for addr in (EMAIL, "bob@example.com"):
+        assert anonymous.post("/forgot", {"email": addr}).status_code == 200
+
+    msg = mail.wait_for(EMAIL, "Reset your password")
+    header = msg["List-Unsubscribe"]
+    with app.app_context():
+        assert header == f"<{unsubscribe_url(db.session.get(User, person))}>"
+    assert msg["List-Unsubscribe-Post"] == ONE_CLICK
+    assert "=?" not in str(header)  # one plain URL, not an encoded word mail clients cannot follow
+    assert mail.wait_for("bob@example.com", "Reset your password")["List-Unsubscribe"] is None
+    assert users.get(bob).marketing_email is False
+
+    # The mail client's one-click POST to that header's URL withdraws the consent.
+    path = header.strip("<>").removeprefix("http://localhost")
+    resp = app.test_client(use_cookies=False).post(path, data=ONE_CLICK,
+                                                   content_type="application/x-www-form-urlencoded")
+    assert resp.status_code == 200
+    assert [(r.granted, r.source) for r in consent_rows(app, person)] == [
+        (True, "privacy_center"), (False, "email_link")]
+
+    # With the consent withdrawn, the next mail carries no unsubscribe header.
+    assert anonymous.post("/forgot", {"email": EMAIL}).status_code == 200
+    later = mail.wait_for(EMAIL, "Reset your password", after=1)
+    assert later["List-Unsubscribe"] is None and later["List-Unsubscribe-Post"] is None
+
+
 @pytest.mark.promise("P50")
 def test_marketing_stays_off_while_restricted_with_a_message_and_a_banner(app, client, forms, users, person):
     staff = users.create("staff@example.com", staff=True)
