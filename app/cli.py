@@ -92,11 +92,20 @@ def register(app: Flask) -> None:
 
     @policy.command("sync")
     def policy_sync():
-        """Publish the policy as the current settings render it, if that text is new."""
-        from app.services.policy import current_version
+        """Publish the policy as the settings render it when the change only protects
+        people more; say so when it needs staff to publish it with notice (P62)."""
+        from app.services.policy import current_version, draft, upcoming
 
         v = current_version()
-        click.echo(f"privacy policy version {v.number} is current")
+        click.echo(f"privacy policy version {v.number} is in effect")
+        waiting = upcoming()
+        if waiting is not None:
+            click.echo(f"version {waiting.number} takes effect on {waiting.effective_at:%Y-%m-%d}")
+        d = draft()
+        if d is not None:
+            what = ", ".join(c.label for c in d.changes) or "the wording"
+            click.echo(f"the settings change {what}: publish it with notice at /staff/policy/ "
+                       f"(until then version {v.number}'s rules apply)")
 
     @app.cli.command("settings")
     def settings_table():
