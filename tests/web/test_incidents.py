@@ -133,3 +133,35 @@ def test_incident_actions_are_audited(app, client, forms, staff, mail):
         events = db.session.scalars(sa.select(AuditEvent.event)).all()
     assert {"incident:recorded", "incident:notices:started", "incident:notices:queued",
             "staff:incident:viewed"} <= set(events)
+
+
+def test_a_future_confirmation_time_is_shown_on_its_own_field(app, forms, staff):
+    future = (datetime.now(timezone.utc) + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M")
+    page = text(forms.post("/staff/incidents/new", form(confirmed_at=future), page="/staff/incidents/new"))
+    field = re.search(r'<input[^>]*id="confirmed_at"[^>]*>', page).group(0)
+    assert 'aria-invalid="true"' in field
+    assert 'id="confirmed_at-error">The confirmation time cannot be in the future.' in page
+    assert 'id="scope-error"' not in page
+
+
+def test_notice_list_is_paged_and_the_send_button_goes_once_all_are_queued(app, client, forms, staff):
+    forms.post("/staff/incidents/new", form(), page="/staff/incidents/new")
+    inc = incident(app)
+    with app.app_context():  # notices beyond the four accounts, to need a second page
+        db.session.execute(sa.insert(IncidentNotice), [{"incident_id": inc.id, "user_id": 100_000 + n}
+                                                        for n in range(56)])
+        db.session.commit()
+    first = text(client.get(f"/staff/incidents/{inc.id}"))
+    assert 'aria-label="Notice pages"' in first and "Page 1 of 2" in first
+    assert f'rel="next" href="/staff/incidents/{inc.id}?page=2"' in first and 'rel="prev"' not in first
+    assert "Send the notices to 60 people" in first
+
+    second = text(client.get(f"/staff/incidents/{inc.id}?page=2"))
+    assert "Page 2 of 2" in second and len(re.findall(r'<tr id="notice-', second)) == 10
+    assert f'rel="prev" href="/staff/incidents/{inc.id}"' in second and 'rel="next"' not in second
+    assert "Page 2 of 2" in text(client.get(f"/staff/incidents/{inc.id}?page=99"))
+
+    forms.post(f"/staff/incidents/{inc.id}/notify", {}, page=f"/staff/incidents/{inc.id}")
+    queued = text(client.get(f"/staff/incidents/{inc.id}"))
+    assert 'id="notices-queued"' in queued
+    assert "Queue the remaining notices" not in queued and "Send the notices" not in queued
