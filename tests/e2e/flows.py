@@ -1,11 +1,15 @@
-"""Steps that several browser tests share: signing up and signing in."""
+"""Steps that several browser tests share: signing up and signing in, as a person or as staff."""
 from __future__ import annotations
 
 import re
 import uuid
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
+from app.extensions import db
+from app.models import User
+from app.models.types import utcnow
+from app.services.passwords import hash_password
 from tests.fakes.smtp import link
 
 PASSWORD = "correct horse battery staple"
@@ -58,3 +62,24 @@ def sign_up_verified(page: Page, live_server, smtp, name: str = "keys") -> str:
     fill_login(page, email)
     expect_dashboard(page)
     return email
+
+
+def make_staff(live_server) -> str:
+    """A staff account, made directly in the database; returns its email."""
+    email = unique_email("staff")
+    with live_server.app.app_context():
+        db.session.add(User(email=email, email_key=email.lower(), password_hash=hash_password(PASSWORD),
+                            age_confirmed_at=utcnow(), email_verified_at=utcnow(), is_staff=True))
+        db.session.commit()
+    return email
+
+
+def staff_window(browser: Browser, live_server) -> Page:
+    """A staff member signed in in a browser window of their own, on the Staff page."""
+    staff = browser.new_context().new_page()
+    staff.set_default_timeout(10_000)
+    staff.goto(live_server("/login"))
+    fill_login(staff, make_staff(live_server))
+    staff.get_by_role("navigation", name="Main").get_by_role("link", name="Staff").click()
+    expect(staff.get_by_role("heading", name="Staff", exact=True)).to_be_visible()
+    return staff

@@ -14,8 +14,7 @@ from app.extensions import db
 from app.models import PolicyVersion
 from app.models.types import utcnow
 from app.services import policy
-from tests.e2e.flows import MAIL_TIMEOUT, fill_login, sign_up_verified
-from tests.e2e.test_staff_queue_journey import make_staff
+from tests.e2e.flows import MAIL_TIMEOUT, sign_up_verified, staff_window
 from tests.fakes.smtp import body
 
 pytestmark = pytest.mark.e2e
@@ -35,12 +34,7 @@ def test_staff_announce_a_longer_retention_and_people_are_told(page: Page, brows
     expect(page.get_by_text("Version 1 ·")).to_be_visible()
     expect(page.get_by_role("cell", name="90 days, then rolled into daily totals")).to_be_visible()
 
-    staff_email = make_staff(live_server)
-    staff = browser.new_context().new_page()
-    staff.set_default_timeout(10_000)
-    staff.goto(live_server("/login"))
-    fill_login(staff, staff_email)
-    staff.get_by_role("navigation", name="Main").get_by_role("link", name="Staff").click()
+    staff = staff_window(browser, live_server)
     staff.get_by_role("link", name="Policy versions").click()
     expect(staff.get_by_role("heading", name="Privacy policy versions")).to_be_visible()
     changes = staff.locator("#changes")
@@ -68,7 +62,6 @@ def test_staff_announce_a_longer_retention_and_people_are_told(page: Page, brows
     button.click()
     expect(staff.get_by_text("Version 2 is published")).to_be_visible()
     expect(staff.locator("#notice-progress")).to_contain_text(f"all {accounts} notices sent", timeout=20_000)
-    staff.screenshot(path="/tmp/policy-staff.png", full_page=True)
 
     # The person is mailed, and sees a banner until the date.
     msg = smtp.mailbox.wait_for(person, f"Our privacy policy changes on {first.isoformat()}", timeout=MAIL_TIMEOUT)
@@ -80,7 +73,6 @@ def test_staff_announce_a_longer_retention_and_people_are_told(page: Page, brows
     expect(page.get_by_text(f"takes effect on {first.isoformat()}")).to_be_visible()
     expect(page.get_by_text(summary)).to_be_visible()
     expect(page.get_by_role("cell", name="180 days, then rolled into daily totals")).to_be_visible()
-    page.screenshot(path="/tmp/policy-person.png", full_page=True)
 
     # Until then the rules of version 1 apply.
     page.goto(live_server("/privacy"))

@@ -12,34 +12,17 @@ from playwright.sync_api import Page, expect
 
 from app.extensions import db
 from app.models import AuditEvent, PrivacyRequest, User
-from app.models.types import utcnow
-from app.services.passwords import hash_password
-from tests.e2e.flows import MAIL_TIMEOUT, PASSWORD, fill_login, sign_up_verified, unique_email
+from tests.e2e.flows import MAIL_TIMEOUT, sign_up_verified, staff_window
 from tests.fakes.smtp import body, link
 
 pytestmark = pytest.mark.e2e
-
-
-def make_staff(live_server) -> str:
-    email = unique_email("staff")
-    with live_server.app.app_context():
-        db.session.add(User(email=email, email_key=email.lower(), password_hash=hash_password(PASSWORD),
-                            age_confirmed_at=utcnow(), email_verified_at=utcnow(), is_staff=True))
-        db.session.commit()
-    return email
 
 
 @pytest.mark.promise("P53", "P54", "P55")
 def test_staff_work_an_emailed_restriction_request(page: Page, browser, live_server, smtp):
     person = sign_up_verified(page, live_server, smtp, name="subject")
 
-    staff_email = make_staff(live_server)
-    context = browser.new_context()
-    staff = context.new_page()
-    staff.set_default_timeout(10_000)
-    staff.goto(live_server("/login"))
-    fill_login(staff, staff_email)
-    staff.get_by_role("navigation", name="Main").get_by_role("link", name="Staff").click()
+    staff = staff_window(browser, live_server)
 
     # File the request that came by email.
     staff.get_by_role("link", name="File an emailed request").click()
@@ -107,4 +90,4 @@ def test_staff_work_an_emailed_restriction_request(page: Page, browser, live_ser
     # The audit page shows the chain intact.
     staff.goto(live_server("/staff/audit"))
     expect(staff.locator("#chain-status")).to_contain_text("Chain intact")
-    context.close()
+    staff.context.close()
