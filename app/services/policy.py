@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 
 import sqlalchemy as sa
-from flask import current_app, render_template
+from flask import current_app, g, render_template
 from sqlalchemy.exc import IntegrityError
 
 from app.extensions import db
@@ -162,6 +162,15 @@ def draft() -> Draft | None:
 def current_version(now: datetime | None = None) -> PolicyVersion:
     """The version in effect now. Publishes the first version, and any change
     that only protects people more, at once; other changes wait for staff."""
+    if now is None and "policy_in_effect" in g:  # once per request: it renders the whole text
+        return g.policy_in_effect
+    version = _current_version(now)
+    if now is None:
+        g.policy_in_effect = version
+    return version
+
+
+def _current_version(now: datetime | None) -> PolicyVersion:
     real = utcnow()  # publishing happens now, whatever clock `now` reads (the jobs test a later one)
     now = now or real
     if latest_version() is None:
@@ -210,6 +219,7 @@ def _insert(settings: dict, body: str, digest: str, effective_at: datetime, *, m
     except IntegrityError:
         return db.session.scalar(sa.select(PolicyVersion).where(PolicyVersion.number == number))
     db.session.commit()
+    g.pop("policy_in_effect", None)
     return row
 
 
