@@ -1,8 +1,9 @@
 """Forms for signing up, in and out. Messages are the ones a person sees."""
-from app.services import policy
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, EqualTo, InputRequired, ValidationError
+
+from app.services import policy
 
 
 class EmptyForm(FlaskForm):
