@@ -16,7 +16,7 @@ from app.auth.forms import EmptyForm
 from app.extensions import db
 from app.models import PolicyVersion
 from app.models.types import utcnow
-from app.services import ServiceError, policy
+from app.services import policy
 from app.web import is_htmx, staff_required
 
 bp = Blueprint("policy_staff", __name__)
@@ -88,29 +88,21 @@ def publish():
     form = PublishForm()
     if not form.validate_on_submit():
         return _page(form, 400)
-    d = policy.draft()
-    if d is not None and d.material_required and not form.material.data:
-        form.material.errors = [*form.material.errors,
-                                f"This change is material (see the list): it must be announced "
-                                f"{policy.NOTICE_DAYS} days ahead."]
-        return _page(form, 400)
-    if not form.confirmed.data:
-        # A mailing to every account cannot be taken back: say what will happen first.
-        try:
-            _check(form)
-        except ServiceError as exc:
-            form.effective_on.errors = [*form.effective_on.errors, str(exc)]
-            return _page(form, 400)
-        form.confirmed.data = "1"
-        count = db.session.scalar(sa.select(sa.func.count()).select_from(policy.recipients().subquery()))
-        return render_template("policy/confirm_publish.html", form=form, draft=d, recipients=count or 0,
-                               today=utcnow().date())
+    rules = dict(summary=form.summary.data, effective_on=form.effective_on.data, material=form.material.data)
     try:
-        version = policy.publish(current_user, summary=form.summary.data, effective_on=form.effective_on.data,
-                                 material=form.material.data)
-    except ServiceError as exc:
+        if not form.confirmed.data:
+            # A mailing to every account cannot be taken back: say what will happen first.
+            d = policy.check_publish(**rules)
+            form.confirmed.data = "1"
+            return render_template("policy/confirm_publish.html", form=form, draft=d,
+                                   recipients=policy.recipient_count(), today=utcnow().date())
+        version = policy.publish(current_user, **rules)
+    except policy.PublishRefused as exc:
         db.session.rollback()
         form.confirmed.data = ""
+        if exc.field:
+            getattr(form, exc.field).errors = [*getattr(form, exc.field).errors, str(exc)]
+            return _page(form, 400)
         return _page(form, 400, error=str(exc))
     if version.material:
         policy.queue_notices(version, max_batches=FIRST_BATCHES, staff=current_user)
@@ -122,16 +114,6 @@ def publish():
               f"{'now' if version.effective_at <= utcnow() else f'on {version.effective_at:%Y-%m-%d}'}.",
               "success")
     return redirect(url_for("policy_staff.index"))
-
-
-def _check(form: PublishForm) -> None:
-    """The date rules, checked before the confirmation page (publish checks them again)."""
-    first = policy.earliest_effective(form.material.data)
-    if form.effective_on.data < first:
-        if form.material.data:
-            raise ServiceError(f"A material change takes effect at least {policy.NOTICE_DAYS} days after everyone "
-                               f"is told: choose {first:%Y-%m-%d} or later.")
-        raise ServiceError("The date it takes effect cannot be in the past.")
 
 
 @bp.post("/<int:number>/notices")

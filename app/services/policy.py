@@ -235,30 +235,46 @@ def earliest_effective(material: bool, now: datetime | None = None) -> date:
     return (now + timedelta(days=NOTICE_DAYS + 1)).date() if material else now.date()
 
 
+class PublishRefused(ServiceError):
+    """Why a change cannot be published; `field` names the form field it is about, if any."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+def check_publish(*, summary: str, effective_on: date, material: bool, now: datetime | None = None) -> Draft:
+    """Every rule a publication must meet; returns the draft it would publish.
+    The staff page runs it before its confirmation page, and `publish` again."""
+    now = now or utcnow()
+    d = draft()
+    if d is None:
+        raise PublishRefused("The policy text is the same as the newest version: there is nothing to publish.")
+    waiting = upcoming(now)
+    if waiting is not None:
+        raise PublishRefused(f"Version {waiting.number} takes effect on {waiting.effective_at:%Y-%m-%d}; "
+                             "publish the next change after that date.")
+    if d.material_required and not material:
+        raise PublishRefused("This change is material (see the list): it must be announced "
+                             f"{NOTICE_DAYS} days ahead.", "material")
+    if not (summary or "").strip():
+        raise PublishRefused("Say in plain words what changes; it goes into the notice and the banner.", "summary")
+    first = earliest_effective(material, now)
+    if effective_on < first:
+        if material:
+            raise PublishRefused(f"A material change takes effect at least {NOTICE_DAYS} days after everyone "
+                                 f"is told: choose {first:%Y-%m-%d} or later.", "effective_on")
+        raise PublishRefused("The date it takes effect cannot be in the past.", "effective_on")
+    return d
+
+
 def publish(staff: User, *, summary: str, effective_on: date, material: bool,
             now: datetime | None = None) -> PolicyVersion:
     """Publish today's settings as the next version (staff), in effect from
     00:00 UTC on `effective_on` (or at once for a non-material change dated today)."""
     now = now or utcnow()
-    d = draft()
-    if d is None:
-        raise ServiceError("The policy text is the same as the newest version: there is nothing to publish.")
-    waiting = upcoming(now)
-    if waiting is not None:
-        raise ServiceError(f"Version {waiting.number} takes effect on {waiting.effective_at:%Y-%m-%d}; "
-                           "publish the next change after that date.")
-    if d.material_required and not material:
-        raise ServiceError("This change is material (see the list): it must be announced "
-                           f"{NOTICE_DAYS} days ahead.")
-    summary = (summary or "").strip()
-    if not summary:
-        raise ServiceError("Say in plain words what changes; it goes into the notice and the banner.")
-    first = earliest_effective(material, now)
-    if effective_on < first:
-        if material:
-            raise ServiceError(f"A material change takes effect at least {NOTICE_DAYS} days after everyone "
-                               f"is told: choose {first:%Y-%m-%d} or later.")
-        raise ServiceError("The date it takes effect cannot be in the past.")
+    d = check_publish(summary=summary, effective_on=effective_on, material=material, now=now)
+    summary = summary.strip()
     effective_at = max(_midnight(effective_on), now)
     return _insert(d.settings, d.body, d.digest, effective_at, material=material, summary=summary,
                    staff=staff, now=now)
@@ -270,6 +286,11 @@ def recipients() -> sa.Select:
     """Every account, except those already being erased (their deletion is
     due before any change could take effect on them)."""
     return sa.select(User).where(User.deletion_requested_at.is_(None))
+
+
+def recipient_count(after_user_id: int = 0) -> int:
+    return db.session.scalar(sa.select(sa.func.count()).select_from(
+        recipients().where(User.id > after_user_id).subquery())) or 0
 
 
 def queue_notices(version: PolicyVersion, max_batches: int | None = None, staff: User | None = None) -> int:
@@ -330,8 +351,7 @@ def notice_progress(version: PolicyVersion) -> dict:
     queued = db.session.scalar(base) or 0
     sent = db.session.scalar(base.where(OutboxMessage.sent_at.is_not(None))) or 0
     failed = db.session.scalar(base.where(OutboxMessage.failed_at.is_not(None))) or 0
-    remaining = 0 if version.notices_queued_at else db.session.scalar(
-        sa.select(sa.func.count()).select_from(recipients().where(User.id > version.notice_cursor).subquery())) or 0
+    remaining = 0 if version.notices_queued_at else recipient_count(version.notice_cursor)
     deadline = version.effective_at - timedelta(days=NOTICE_DAYS)
     late = db.session.scalar(base.where(OutboxMessage.sent_at > deadline)) or 0
     return {"queued": queued, "sent": sent, "failed": failed, "remaining": remaining, "late": late,
