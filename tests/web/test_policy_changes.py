@@ -146,6 +146,8 @@ def test_publish_mails_every_account_shows_a_banner_and_applies_on_its_date(v1, 
             PolicyNotice, PolicyNotice.outbox_message_id == OutboxMessage.id)).all()
         assert len(sent) == 4 and all(s <= v2.effective_at - timedelta(days=14) for s in sent)
     assert "all 4 notices sent" in text(staff.client.get("/staff/policy/"))
+    fragment = text(staff.client.get("/staff/policy/2/progress", headers={"HX-Request": "true"}))
+    assert "all 4 notices sent" in fragment and "hx-get" not in fragment, "done: the fragment stops polling"
 
     # Until the date: a banner on every page, the old rules in force, the new text readable.
     person = signed_in(new, users, "ada@example.com")
