@@ -63,6 +63,8 @@ SETTINGS: list[tuple[str, str, str]] = [
     ("METADATA_RETENTION_DAYS", "90", "Per-request metadata is kept this many days (P60)."),
     ("AGGREGATE_RETENTION_MONTHS", "13", "Daily usage aggregates are kept this many months (P60)."),
     ("AUDIT_RETENTION_DAYS", "90", "Audit log rows are kept this many days (P60)."),
+    ("MAIL_RETENTION_DAYS", "30",
+     "Sent or failed outbox mail (address, subject, kind, times) is kept this many days (P52, P60)."),
     ("BILLING_RETENTION_YEARS", "7", "Billing records are kept this many years (P52, P60)."),
     ("REQUEST_DUE_DAYS", "30", "A privacy request is due this many days after it is received (P54)."),
     ("DELETION_GRACE_DAYS", "7",
@@ -92,6 +94,11 @@ SETTINGS: list[tuple[str, str, str]] = [
     ("RELAY_ACCOUNT_RPM", "1200", "Requests per minute per account, over all its keys."),
     ("RELAY_ACCOUNT_TPM", "4000000", "Tokens per minute per account."),
     ("RELAY_MAX_BODY_MB", "20", "Largest request body the relay accepts, in MiB."),
+    ("USAGE_SPOOL_DIR", "instance/spool/",
+     "Where each server process appends its usage rows before the client's last byte, so a killed "
+     "worker loses none; the usage writer moves them into the database."),
+    ("TRUSTED_PROXIES", "0",
+     "How many reverse proxies in front of the app set X-Forwarded-For/-Proto/-Host (0: trust none)."),
     ("LOG_LEVEL", "INFO", "Python logging level."),
 ]
 
@@ -132,6 +139,9 @@ def load(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     mail_dir = Path(raw["MAIL_DIR"])
     if not mail_dir.is_absolute():
         mail_dir = instance / "mail" if raw["MAIL_DIR"] == "instance/mail/" else ROOT / mail_dir
+    spool_dir = Path(raw["USAGE_SPOOL_DIR"])
+    if not spool_dir.is_absolute():
+        spool_dir = instance / "spool" if raw["USAGE_SPOOL_DIR"] == "instance/spool/" else ROOT / spool_dir
     export_dir = Path(raw["EXPORT_DIR"])
     if not export_dir.is_absolute():
         export_dir = instance / "exports" if raw["EXPORT_DIR"] == "instance/exports/" else ROOT / export_dir
@@ -183,6 +193,7 @@ def load(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "METADATA_RETENTION_DAYS": int(raw["METADATA_RETENTION_DAYS"]),
         "AGGREGATE_RETENTION_MONTHS": int(raw["AGGREGATE_RETENTION_MONTHS"]),
         "AUDIT_RETENTION_DAYS": int(raw["AUDIT_RETENTION_DAYS"]),
+        "MAIL_RETENTION_DAYS": int(raw["MAIL_RETENTION_DAYS"]),
         "BILLING_RETENTION_YEARS": int(raw["BILLING_RETENTION_YEARS"]),
         "REQUEST_DUE_DAYS": int(raw["REQUEST_DUE_DAYS"]),
         "DELETION_GRACE_DAYS": int(raw["DELETION_GRACE_DAYS"]),
@@ -202,6 +213,8 @@ def load(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
                          "account_rpm": int(raw["RELAY_ACCOUNT_RPM"]),
                          "account_tpm": int(raw["RELAY_ACCOUNT_TPM"])},
         "MAX_CONTENT_LENGTH": int(raw["RELAY_MAX_BODY_MB"]) * 1024 * 1024,
+        "USAGE_SPOOL_DIR": str(spool_dir),
+        "TRUSTED_PROXIES": int(raw["TRUSTED_PROXIES"]),
         "LOG_LEVEL": raw["LOG_LEVEL"],
         "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session
         "WTF_CSRF_SSL_STRICT": False,  # Referer checks break behind some proxies; SameSite + token suffice

@@ -5,9 +5,9 @@ from app.models.key import ApiKey
 from app.models.mail import OutboxMessage
 from app.models.policy import PolicyAcceptance, PolicyNotice, PolicyVersion
 from app.models.privacy import AuditCheckpoint, ConsentEvent, DataExport, JobLock, PrivacyRequest, UsageDaily
-from app.models.usage import UsageRecord
+from app.models.usage import UsageQuarantine, UsageRecord
 from app.models.user import OneTimeToken, RecoveryCode, User, UserSession
 
-__all__ = ["ApiKey", "UsageRecord", "AuditEvent", "OutboxMessage", "PolicyAcceptance", "PolicyNotice", "PolicyVersion",
+__all__ = ["ApiKey", "UsageRecord", "UsageQuarantine", "AuditEvent", "OutboxMessage", "PolicyAcceptance", "PolicyNotice", "PolicyVersion",
            "OneTimeToken", "RecoveryCode", "User", "UserSession",
            "AuditCheckpoint", "ConsentEvent", "Incident", "IncidentNotice", "DataExport", "JobLock", "PrivacyRequest", "UsageDaily"]

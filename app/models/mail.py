@@ -15,6 +15,9 @@ class OutboxMessage(db.Model):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(sa.String(60))
+    # The account the message is about, so erasure removes it and an export
+    # never matches mail by address (a later owner of the address is someone else).
+    user_id: Mapped[int | None] = mapped_column(sa.Integer, index=True)
     to_addr: Mapped[str] = mapped_column(sa.String(320))
     subject: Mapped[str] = mapped_column(sa.String(200))
     # Emptied once the message is sent: links inside are secrets while they live.

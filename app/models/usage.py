@@ -44,3 +44,19 @@ class UsageRecord(db.Model):
     # provider: the provider reported the counts; estimated: the relay counted
     # (stream cut short, provider silent); none: nothing was sent upstream.
     usage_source: Mapped[str] = mapped_column(sa.String(12))
+
+
+class UsageQuarantine(db.Model):
+    """A usage row the database refused for good (a constraint, a value it
+    cannot store). The writer sets it aside so every other row is still
+    written; only the request's ids and the error's class are kept, never the
+    refused values, which could be client text (P23)."""
+
+    __tablename__ = "usage_quarantine"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[str | None] = mapped_column(sa.String(40), index=True)
+    user_id: Mapped[int | None] = mapped_column(sa.Integer)
+    api_key_id: Mapped[int | None] = mapped_column(sa.Integer)
+    error_class: Mapped[str] = mapped_column(sa.String(64))
+    quarantined_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
