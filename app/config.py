@@ -152,7 +152,9 @@ def load(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "SQLALCHEMY_DATABASE_URI": db_url,
         # A liveness ping per checkout guards against dropped server connections;
         # a SQLite file has none to drop, and the relay checks out per request.
-        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": not db_url.startswith("sqlite")},
+        # hide_parameters: a failed statement's message never carries its
+        # values (a name, a message, an address) into a log line (P23).
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": not db_url.startswith("sqlite"), "hide_parameters": True},
         "SITE_NAME": raw["SITE_NAME"],
         "BASE_URL": raw["BASE_URL"].rstrip("/"),
         # P02: one cookie, HttpOnly, Secure, SameSite=Lax.

@@ -16,6 +16,7 @@ case "${SERVER:-granian}" in
   granian)
     exec "$BIN/granian" --interface wsgi --host "$HOST" --port "$PORT" \
       --workers "${WORKERS:-2}" --blocking-threads "${THREADS:-512}" \
+      --respawn-failed-workers --respawn-interval "${RESPAWN_INTERVAL:-1}" \
       --backlog 2048 ${ACCESS_LOG:+--access-log} wsgi:app ;;
   gunicorn)
     exec "$BIN/gunicorn" --bind "$BIND" --workers "${WORKERS:-2}" --threads "${THREADS:-64}" \

@@ -18,7 +18,7 @@ from app.auth.forms import EmptyForm
 from app.extensions import db, limiter
 from app.models import ApiKey, User
 from app.models.types import utcnow
-from app.services import ServiceError, exports
+from app.services import ServiceError, exports, keys
 from app.services.audit import record_event
 from app.services.keys import hash_key
 from app.web import is_htmx
@@ -143,16 +143,12 @@ def api_export():
     key = db.session.scalar(db.select(ApiKey).where(ApiKey.lookup_hash == hash_key(raw)))
     if key is None:
         return _api_error(401, "authentication_error", "Invalid API key.")
-    if key.revoked_at is not None:
-        return _api_error(401, "authentication_error", "This API key has been revoked.")
-    if key.expires_at is not None and key.expires_at <= utcnow():
-        return _api_error(401, "authentication_error", "This API key has expired.")
-    if key.suspended_at is not None:
-        return _api_error(403, "permission_error", "This account is restricted: its API keys are suspended "
-                                                   "until the restriction is lifted.")
     user = db.session.get(User, key.user_id)
-    if user is None or user.deletion_requested_at is not None:
-        return _api_error(403, "permission_error", "This account is being deleted.")
+    refused = keys.refusal(revoked_at=key.revoked_at, expires_at=key.expires_at, suspended_at=key.suspended_at,
+                           restricted_at=user.restricted_at, deletion_requested_at=user.deletion_requested_at)
+    if refused:  # the relay's rule, word for word (P53)
+        status, type_, message = refused
+        return _api_error(status, type_, message)
     record_event(user, "privacy:export:api", key_id=key.id)
     db.session.commit()
     name = _file_name(utcnow())

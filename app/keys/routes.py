@@ -109,12 +109,17 @@ def rename(key_id: int):
 def rotate(key_id: int):
     key = _owned(key_id)
     form = EmptyForm()
-    if key.state() != "active":
+    if key.state() in ("revoked", "expired"):
         flash(f"A{'n' if key.state() == 'expired' else ''} {key.state()} key cannot be rotated. "
               "Create a new one.", "warning")
         return redirect(url_for("keys.index"))
     if form.validate_on_submit():
-        key, secret = keys.rotate(current_user, key.id)
+        try:
+            key, secret = keys.rotate(current_user, key.id)
+        except ServiceError as exc:
+            db.session.rollback()
+            flash(str(exc), "warning")
+            return redirect(url_for("keys.index"))
         db.session.commit()
         return render_template("keys/secret.html", key=key, secret=secret, reason="rotated",
                                **_urls())

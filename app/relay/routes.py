@@ -23,13 +23,13 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from app.extensions import db
-from app.models import ApiKey
+from app.models import ApiKey, User
 from app.relay import translate as tr
 from app.relay import upstream
 from app.relay.limits import Limits
 from app.relay.meter import init_app as init_meter
 from app.relay.providers import Model, ProvidersFileError, Registry, Target, load
-from app.services.keys import key_hasher
+from app.services.keys import key_hasher, refusal
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,12 @@ PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:=-]{0,31}$")
 MAX_TAGS = 10
 
-_KEY_COLUMNS = ("id", "user_id", "team_id", "revoked_at", "expires_at", "allowed_models", "rpm_limit", "tpm_limit",
-                "suspended_at")
-_KEY_SQL = f"SELECT {', '.join(_KEY_COLUMNS)} FROM {ApiKey.__tablename__} WHERE lookup_hash = "
+_KEY_COLUMNS = ("k.id", "k.user_id", "k.team_id", "k.revoked_at", "k.expires_at", "k.allowed_models", "k.rpm_limit",
+                "k.tpm_limit", "k.suspended_at", "u.restricted_at", "u.deletion_requested_at")
+# The account's state comes with the key in the same indexed query: a
+# restriction (P53) holds for every key of the account, old or new.
+_KEY_SQL = (f"SELECT {', '.join(_KEY_COLUMNS)} FROM {ApiKey.__tablename__} k "
+            f"JOIN {User.__tablename__} u ON u.id = k.user_id WHERE k.lookup_hash = ")
 _PLACEHOLDER = {"qmark": "?", "numeric": ":1", "named": ":h", "format": "%s", "pyformat": "%s"}
 
 
@@ -57,6 +60,8 @@ class KeyRow:
     rpm_limit: int | None
     tpm_limit: int | None
     suspended_at: object
+    restricted_at: object
+    deletion_requested_at: object
 
 
 def _utc(value) -> datetime | None:
@@ -179,13 +184,12 @@ def _authenticate(call: Call) -> Response | None:
     key = _lookup_key(ext["relay_engine"], ext["relay_hash_key"](raw))
     if key is None:
         return _error(call, 401, "Invalid API key.", "authentication_error")
-    if key.revoked_at is not None:
-        return _error(call, 401, "This API key has been revoked.", "authentication_error")
-    if key.expires_at is not None and key.expires_at <= datetime.now(timezone.utc):
-        return _error(call, 401, "This API key has expired.", "authentication_error")
-    if key.suspended_at is not None:  # P53: the account is restricted; processing stops
-        return _error(call, 403, "This account is restricted: its API keys are suspended until the "
-                                 "restriction is lifted.", "permission_error")
+    refused = refusal(revoked_at=key.revoked_at, expires_at=key.expires_at, suspended_at=key.suspended_at,
+                      restricted_at=key.restricted_at, deletion_requested_at=key.deletion_requested_at,
+                      now=datetime.now(timezone.utc))
+    if refused:  # revoked, expired, or the account restricted or being deleted (P10, P53)
+        status, type_, message = refused
+        return _error(call, status, message, type_)
     call.key = key
     return None
 

@@ -28,7 +28,7 @@ from app.extensions import db
 from app.models import (ApiKey, ConsentEvent, DataExport, OneTimeToken, PolicyAcceptance, PrivacyRequest,
                         RecoveryCode, UsageDaily, UsageRecord, User, UserSession)
 from app.models.types import utcnow
-from app.services import ServiceError, mail, policy
+from app.services import ServiceError, keys, mail, policy
 from app.services import privacy as privacy_core
 from app.services.audit import record_event
 from app.services.crypto import token_hash
@@ -155,9 +155,7 @@ def request_deletion(user: User, actor, *, channel: str = "portal", request: Pri
     request.execute_after = now + grace()
 
     sessions_ended = db.session.execute(sa.delete(UserSession).where(UserSession.user_id == user.id)).rowcount
-    keys_revoked = db.session.execute(
-        sa.update(ApiKey).where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
-        .values(revoked_at=now)).rowcount
+    keys_revoked = keys.revoke_all(user, now)
     # Links already in the inbox (sign-in, reset, verify) stop working too.
     db.session.execute(sa.update(OneTimeToken).where(OneTimeToken.user_id == user.id,
                                                      OneTimeToken.used_at.is_(None)).values(used_at=now))

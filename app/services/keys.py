@@ -65,6 +65,39 @@ def _check_limit(value: int | None, what: str) -> int | None:
     return value
 
 
+# ---- whether a key may be used now ------------------------------------------------------
+
+RESTRICTED = "This account is restricted: its API keys are suspended until the restriction is lifted."
+
+
+def refusal(*, revoked_at, expires_at, suspended_at, restricted_at, deletion_requested_at,
+            now: datetime | None = None) -> tuple[int, str, str] | None:
+    """Why a key may not be used now, as (status, error type, message), or None.
+
+    The one rule for every door a key opens (the relay, the export API). It
+    takes the account's state as well as the key's: restriction (P53) and a
+    deletion request stop all processing for the account, whatever key is
+    shown, including one made or rotated after the restriction was set.
+    """
+    if revoked_at is not None:
+        return 401, "authentication_error", "This API key has been revoked."
+    if expires_at is not None and expires_at <= (now or utcnow()):
+        return 401, "authentication_error", "This API key has expired."
+    if restricted_at is not None or suspended_at is not None:
+        return 403, "permission_error", RESTRICTED
+    if deletion_requested_at is not None:
+        return 403, "permission_error", "This account is being deleted."
+    return None
+
+
+def _check_usable_account(user: User) -> None:
+    if user.restricted_at is not None:
+        raise ServiceError("Your account is restricted: no API key can be created or rotated until the "
+                           "restriction is lifted.")
+    if user.deletion_requested_at is not None:
+        raise ServiceError("This account is scheduled for deletion.")
+
+
 def create(user: User, name: str, *, expires_at: datetime | None = None, models: list[str] | None = None,
            rpm_limit: int | None = None, tpm_limit: int | None = None, team_id: int | None = None
            ) -> tuple[ApiKey, str]:
@@ -72,6 +105,7 @@ def create(user: User, name: str, *, expires_at: datetime | None = None, models:
     confirmed address may hold keys: it is where security notices go."""
     if not user.is_verified:
         raise ServiceError("Confirm your email address before you create an API key.")
+    _check_usable_account(user)
     name = _check_name(name)
     if expires_at is not None and expires_at <= utcnow():
         raise ServiceError("The expiry date must be in the future.")
@@ -105,6 +139,7 @@ def rotate(user: User, key_id: int) -> tuple[ApiKey, str]:
     """Issue a new secret in place: same name, limits and history; the old
     secret stops working on its next request."""
     key = owned(user, key_id)
+    _check_usable_account(user)
     if key.revoked_at is not None:
         raise ServiceError("A revoked key cannot be rotated. Create a new one.")
     if key.state() == "expired":
@@ -117,14 +152,26 @@ def rotate(user: User, key_id: int) -> tuple[ApiKey, str]:
     return key, raw
 
 
+# Nothing of the secret stays once it can never be used again: every revocation
+# (one key, or all of an account's) empties the envelope with the same statement.
+_REVOKED = {"secret_ciphertext": None, "wrapped_data_key": None}
+
+
 def revoke(user: User, key_id: int) -> ApiKey:
     key = owned(user, key_id)
     if key.revoked_at is None:
-        key.revoked_at = utcnow()
-        # Nothing of the secret stays once it can never be used again.
-        key.secret_ciphertext = key.wrapped_data_key = None
+        db.session.execute(sa.update(ApiKey).where(ApiKey.id == key.id, ApiKey.revoked_at.is_(None))
+                           .values(revoked_at=utcnow(), **_REVOKED))
+        db.session.refresh(key)
         record_event(user, "account:api_key:revoked", key_id=key.id)
     return key
+
+
+def revoke_all(user: User, now: datetime | None = None) -> int:
+    """Revoke every live key of the account (a deletion request); how many."""
+    return db.session.execute(
+        sa.update(ApiKey).where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=now or utcnow(), **_REVOKED)).rowcount
 
 
 def rename(user: User, key_id: int, name: str) -> ApiKey:

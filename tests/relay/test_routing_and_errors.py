@@ -12,10 +12,10 @@ from datetime import timedelta
 import anthropic
 import httpx2 as httpx
 import openai
+import orjson
 import pytest
 
 from app.extensions import db
-
 from app.models.types import utcnow
 
 HELLO = [{"role": "user", "content": "hello there"}]
@@ -345,6 +345,49 @@ def test_a_restricted_account_is_refused_until_the_restriction_is_lifted(relay):
         set_restricted(False)
     assert relay.openai(raw).chat.completions.create(model="gpt-test", messages=HELLO).choices
     relay.new_rows(mark)
+
+
+@pytest.mark.promise("P53")
+def test_restriction_holds_for_every_key_of_the_account_even_one_never_suspended(relay):
+    """Defect 3 of the hardening review: the relay checked only the key's own
+    suspension, so a key made or rotated after the restriction (never
+    suspended) went on working. The account's state is what counts: such a key
+    gets each SDK's permission error, on /v1/ and on the export API, and
+    nothing is metered."""
+    import urllib.request
+    from urllib.error import HTTPError
+
+    from app.models import User
+    from app.services import privacy
+
+    key_id, raw = relay.make_key(name="made after the restriction")
+    mark = relay.mark()
+    with relay.app.app_context(), relay.app.test_request_context():
+        privacy.restrict(db.session.get(User, relay.user_id), None)
+        db.session.commit()
+    relay.update_key(key_id, suspended_at=None)  # as a key made or rotated afterwards would be
+    try:
+        with pytest.raises(openai.PermissionDeniedError) as info:
+            relay.openai(raw).chat.completions.create(model="gpt-test", messages=HELLO)
+        assert "restricted" in info.value.message
+        with pytest.raises(openai.PermissionDeniedError):
+            relay.openai(raw).embeddings.create(model="embed-test", input="hi")
+        with pytest.raises(anthropic.PermissionDeniedError) as ainfo:
+            relay.anthropic(raw).messages.create(model="claude-test", max_tokens=10, messages=HELLO)
+        assert ainfo.value.body["error"]["type"] == "permission_error"
+        with pytest.raises(openai.PermissionDeniedError):
+            relay.openai(raw).models.list()
+        req = urllib.request.Request(relay.url + "/api/v1/export", headers={"Authorization": f"Bearer {raw}"})
+        with pytest.raises(HTTPError) as export:
+            urllib.request.urlopen(req, timeout=10)
+        assert export.value.code == 403
+        assert orjson.loads(export.value.read())["error"]["type"] == "permission_error"
+        relay.new_rows(mark, 0)
+    finally:
+        with relay.app.app_context(), relay.app.test_request_context():
+            privacy.lift_restriction(db.session.get(User, relay.user_id), None)
+            db.session.commit()
+    assert relay.openai(raw).chat.completions.create(model="gpt-test", messages=HELLO).choices
 
 
 @pytest.mark.promise("P20", "P10")

@@ -131,7 +131,10 @@ def test_request_takes_effect_at_once(app, client, forms, users, login, mail):
     assert other.get("/dashboard").status_code == 302
     with app.app_context():
         assert db.session.scalar(sa.select(sa.func.count()).select_from(UserSession)) == 0
-        assert db.session.get(ApiKey, key_id).revoked_at is not None
+        key = db.session.get(ApiKey, key_id)
+        assert key.revoked_at is not None
+        # A revoked key keeps nothing of its secret, however it was revoked.
+        assert key.secret_ciphertext is None and key.wrapped_data_key is None
         req = db.session.scalar(sa.select(PrivacyRequest).where(PrivacyRequest.user_id == uid))
         assert req.kind == "delete" and req.status == "open" and req.verification_method == "fresh_login"
         assert req.execute_after - req.received_at == timedelta(days=app.config["DELETION_GRACE_DAYS"])

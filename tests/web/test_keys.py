@@ -510,3 +510,32 @@ def test_every_state_change_needs_csrf(app, client, forms, users, login):
     [after] = key_rows(app)
     assert len(key_rows(app)) == 1 and after.revoked_at is None and after.lookup_hash == key.lookup_hash
     assert after.name == key.name
+
+
+@pytest.mark.promise("P53", "P10")
+def test_a_restricted_account_cannot_create_or_rotate_a_key(app, client, forms, users, login):
+    """Defect 3: while restricted, the keys page explains the pause instead of
+    offering the form; a POST made anyway (an old tab) creates nothing, and
+    rotation is refused with the same reason. Every key stays refused."""
+    from app.services import privacy
+
+    users.create()
+    login()
+    raw = create_key(forms, "before")
+    [key] = key_rows(app)
+    with app.app_context(), app.test_request_context():
+        privacy.restrict(db.session.get(User, key.user_id), None)
+        db.session.commit()
+
+    page = text(client.get("/keys/"))
+    assert "Your account is restricted." in page and 'action="/keys/"' not in page
+    resp = forms.post("/keys/", {"name": "after"}, page="/privacy")
+    assert resp.status_code == 200 and "restricted" in text(resp) and not KEY_RE.search(text(resp))
+    assert [k.name for k in key_rows(app)] == ["before"]
+
+    resp = forms.post(f"/keys/{key.id}/rotate", {}, page="/privacy")
+    assert resp.status_code == 302
+    assert "no API key can be created or rotated" in text(client.get("/keys/"))
+    with app.app_context():
+        assert key_rows(app)[0].lookup_hash == hash_key(raw)  # the same secret, still refused
+    assert relay_status(client, raw) == 403
