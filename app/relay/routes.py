@@ -34,8 +34,10 @@ from app.services.keys import key_hasher, refusal
 log = logging.getLogger(__name__)
 
 ANTHROPIC_VERSION = "2023-06-01"
-PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:=-]{0,31}$")
+# Used with fullmatch: `$` alone would let a trailing newline through.
+PROJECT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:=-]{0,31}")
+UNKNOWN_MODEL = "(unknown model)"
 MAX_TAGS = 10
 
 _KEY_COLUMNS = ("k.id", "k.user_id", "k.team_id", "k.revoked_at", "k.expires_at", "k.allowed_models", "k.rpm_limit",
@@ -107,7 +109,10 @@ class Call:
     key: KeyRow | None = None
     project: str | None = None
     tags: list[str] | None = None
-    model: str = ""
+    # The name the client sent: echoed to the client only, never recorded.
+    requested: str = field(default="", repr=False)
+    # What the usage row says: a name the registry knows, or UNKNOWN_MODEL (P23).
+    model: str = UNKNOWN_MODEL
     provider: str | None = None
     usage: tr.Usage = field(default_factory=tr.Usage)
     usage_source: str = "none"
@@ -126,7 +131,7 @@ class Call:
             "api_key_id": self.key.id, "project": self.project,
             "tags": orjson.dumps(self.tags).decode() if self.tags else None,
             "started_at": self.started, "ended_at": datetime.now(timezone.utc),
-            "model": self.model[:100], "provider": self.provider,
+            "model": self.model, "provider": self.provider,
             "input_tokens": u.input_tokens, "output_tokens": u.output_tokens,
             "cache_read_tokens": u.cache_read_tokens, "cache_write_tokens": u.cache_write_tokens,
             "cost_usd": self.cost, "ttft_ms": self.ttft_ms,
@@ -198,13 +203,13 @@ def _labels(call: Call) -> Response | None:
     """Project and tags come from headers, validated and bounded (P22)."""
     project = call.req.headers.get("X-Relay-Project")
     if project is not None:
-        if not PROJECT_RE.match(project):
+        if not PROJECT_RE.fullmatch(project):
             return _error(call, 400, "X-Relay-Project must be 1-64 letters, digits or . _ : -")
         call.project = project
     tags = call.req.headers.get("X-Relay-Tags")
     if tags is not None:
         items = [t.strip() for t in tags.split(",") if t.strip()]
-        if len(items) > MAX_TAGS or not all(TAG_RE.match(t) for t in items):
+        if len(items) > MAX_TAGS or not all(TAG_RE.fullmatch(t) for t in items):
             return _error(call, 400, f"X-Relay-Tags takes up to {MAX_TAGS} comma-separated tags of "
                                      "1-32 letters, digits or . _ : = -")
         call.tags = items or None
@@ -222,19 +227,25 @@ def _body(call: Call) -> tuple[dict | None, Response | None]:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         return None, _error(call, 400, "The request needs a 'model' string.")
-    call.model = model
+    _name_model(call, model)
     return body, None
 
 
+def _name_model(call: Call, name: str) -> None:
+    """Note the model the client asked for. The usage row gets the name only
+    if the registry knows it: anything else is client text (a prompt pasted
+    into `model`), which no column may hold (P23)."""
+    call.requested = name
+    registry: Registry = call.req.environ["relay.extensions"]["relay_registry"]
+    call.model = name if registry.model(name) is not None else UNKNOWN_MODEL
+
+
 def _model(call: Call, registry: Registry, record: bool = True) -> tuple[Model | None, Response | None]:
-    model = registry.model(call.model)
+    model = registry.model(call.requested)
     allowed = orjson.loads(call.key.allowed_models) if call.key.allowed_models else None
-    if model is None or (allowed is not None and call.model not in allowed):
+    if model is None or (allowed is not None and call.requested not in allowed):
         what = "is not available through this relay" if model is None else "is not allowed for this API key"
-        message = f"The model '{call.model[:100]}' {what}."
-        if model is None:
-            # A name no route knows is client text, not metadata: the row says only that (P23).
-            call.model = "(unknown model)"
+        message = f"The model '{call.requested[:100]}' {what}."  # to the client only
         return None, _error(call, 404, message, "not_found_error"
                             if call.api == "anthropic" else "invalid_request_error", record=record)
     return model, None
@@ -470,9 +481,8 @@ def _complete(call: Call, endpoint: str, target: Target, resp: upstream.Response
     if endpoint == "embeddings":
         chars_out = 0
     _settle_usage(call, reported, chars_in, chars_out)
-    out = Response(data, status=200, mimetype="application/json")
-    out.call_on_close(lambda: _finish(call, model.price))
-    return out
+    _finish(call, model.price)  # spooled before the first byte goes out: a killed worker loses no row
+    return Response(data, status=200, mimetype="application/json")
 
 
 def _sse_fields(event: bytes) -> tuple[str, bytes]:
@@ -489,8 +499,11 @@ def _sse_fields(event: bytes) -> tuple[str, bytes]:
 def _stream(call: Call, target: Target, resp: upstream.Response, model: Model, chars_in: int,
             include_usage: bool):
     """Pass each event through as it arrives (translated when the shapes differ),
-    note usage and the first token, and record the call when the stream ends,
-    breaks, or the client goes away (then the upstream call is dropped at once)."""
+    note usage and the first token, and record the call just before the event
+    that ends the stream for the client ([DONE], message_stop, an error event),
+    or when the stream breaks or the client goes away (then the upstream call
+    is dropped at once). Recorded before that last event, the row is in the
+    spool by the time the client knows it has its answer."""
     prov_shape = target.provider.shape
     same = prov_shape == call.api
     to_openai = tr.AnthropicStreamToOpenAI(call.model, include_usage=include_usage) \
@@ -499,6 +512,15 @@ def _stream(call: Call, target: Target, resp: upstream.Response, model: Model, c
     reported: tr.Usage | None = None
     chars_out = 0
     clean_end = False
+    recorded = False
+
+    def record() -> None:
+        nonlocal recorded
+        if not recorded:
+            recorded = True
+            _settle_usage(call, reported, chars_in, chars_out)
+            _finish(call, model.price)
+
     try:
         for event in resp.events():
             name, data = _sse_fields(event)
@@ -507,6 +529,7 @@ def _stream(call: Call, target: Target, resp: upstream.Response, model: Model, c
             if data == b"[DONE]":
                 clean_end = True
                 if same:
+                    record()
                     yield tr.SSE_OPENAI_DONE
                 continue
             try:
@@ -547,25 +570,34 @@ def _stream(call: Call, target: Target, resp: upstream.Response, model: Model, c
                     call.error_class = "upstream_stream_error"
                 delta = obj.get("delta") or {}
                 n = len(delta.get("text") or "") + len(delta.get("partial_json") or "")
-                out = (event,) if same else tuple(tr.sse_openai(c) for c in to_openai.feed(name, obj))
+                if same:
+                    if name == "message_stop":
+                        record()
+                    out = (event,)
+                else:
+                    out = tuple(tr.sse_openai(c) for c in to_openai.feed(name, obj))
             if n:
                 chars_out += n
                 if call.ttft_ms is None:
                     call.ttft_ms = int((time.perf_counter() - call.t0) * 1000)
             for piece in out:
                 yield piece
-        if not same:
-            tail = to_anthropic.finish() if to_anthropic else to_openai.finish()
-            for piece in tail:
-                yield tr.sse_anthropic(*piece) if to_anthropic else tr.sse_openai(piece)
-            if to_openai is not None:
-                yield tr.SSE_OPENAI_DONE
-        resp.release()
         if not clean_end and call.error_class is None:
             call.error_class = "upstream_incomplete"
+        tail: list[bytes] = []
+        if not same:
+            tail = [tr.sse_anthropic(*piece) if to_anthropic else tr.sse_openai(piece)
+                    for piece in (to_anthropic.finish() if to_anthropic else to_openai.finish())]
+            if to_openai is not None:
+                tail.append(tr.SSE_OPENAI_DONE)
+        resp.release()
+        record()
+        for piece in tail:
+            yield piece
     except upstream.UpstreamError as exc:
         call.error_class = exc.error_class
         message = "The provider's stream broke off; the answer is incomplete."
+        record()
         if call.api == "anthropic":
             yield tr.sse_anthropic("error", tr.anthropic_error("api_error", message, request_id=call.request_id))
         else:
@@ -579,8 +611,7 @@ def _stream(call: Call, target: Target, resp: upstream.Response, model: Model, c
             call.status = 499
         raise
     finally:
-        _settle_usage(call, reported, chars_in, chars_out)
-        _finish(call, model.price)
+        record()
 
 
 def chat_completions(req: Request):
@@ -625,7 +656,7 @@ def get_model(req: Request, name: str):
     failed = _authenticate(call)
     if failed:
         return failed
-    call.model = name
+    _name_model(call, name)
     # Looking a model up is not a model call: no usage row, found or not (as for the list).
     model, failed = _model(call, req.environ["relay.extensions"]["relay_registry"], record=False)
     if failed:

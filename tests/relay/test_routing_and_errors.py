@@ -494,7 +494,7 @@ def test_missing_fields_are_bad_requests(relay, fake):
     assert fake.requests == []
     rows = relay.new_rows(mark, 5)  # the one without a model is counted too, under no model
     assert all(r.status_code == 400 and r.usage_source == "none" for r in rows)
-    assert rows[1].model == ""
+    assert [r.model for r in rows] == ["gpt-test", "(unknown model)", "embed-test", "claude-test", "claude-test"]
 
 
 @pytest.mark.promise("P20")
