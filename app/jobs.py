@@ -129,11 +129,10 @@ def prune_audit(now: datetime) -> int:
     """Remove audit rows older than AUDIT_RETENTION_DAYS, oldest first, after
     writing a checkpoint of the last removed row's hash: the chain that is kept
     still verifies from it (P55)."""
-    from app.services.audit import _LOCK_ID, record_event
+    from app.services.audit import _lock_chain, record_event
 
     cutoff = now - timedelta(days=policy.enforced("AUDIT_RETENTION_DAYS", now))
-    if db.engine.dialect.name == "postgresql":  # no writer appends while the prefix goes
-        db.session.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_ID})
+    _lock_chain()  # no writer appends while the prefix goes
     last = db.session.scalar(sa.select(AuditEvent).where(AuditEvent.created_at < cutoff)
                              .order_by(AuditEvent.id.desc()).limit(1))
     if last is None:

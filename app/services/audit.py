@@ -1,13 +1,18 @@
 """record_event(): the one way to write the audit log (P55), and its verifier.
 
 Each row's hash is SHA-256 over the previous row's hash and this row's fields
-in a canonical JSON form. Writers serialize on PostgreSQL with a transaction
-advisory lock (SQLite serializes writers by itself), so the chain never forks.
+in a canonical JSON form. Two writers that read the same chain head would both
+link to it and fork the chain, so a writer holds the chain's write lock before
+it reads the head: it inserts its own row first and only then reads the row
+before it. On SQLite that INSERT takes the database's write lock, held until
+commit (a SELECT takes none); on PostgreSQL an INSERT locks nothing others
+wait for, so writers take a transaction advisory lock before it.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +24,7 @@ from app.models.types import utcnow
 
 GENESIS = "0" * 64
 _LOCK_ID = 0x5E1A7  # arbitrary constant shared by every writer
+_PENDING = "pending"  # a row's links while it is being appended
 # Keys that must never be written, whatever a caller passes.
 _FORBIDDEN = {"password", "new_password", "current_password", "token", "secret", "code", "totp"}
 
@@ -48,22 +54,32 @@ def record_event(actor, event: str, *, subject=None, **details: Any) -> AuditEve
         raise ValueError(f"audit details may not carry {sorted(leaked)}")
     actor_id = getattr(actor, "id", actor)
     subject_id = getattr(subject, "id", subject) if subject is not None else actor_id
-    if db.engine.dialect.name == "postgresql":
-        db.session.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_ID})
-    else:
-        db.session.flush()
-    prev = db.session.scalar(sa.select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1))
-    if prev is None:  # every row was pruned (P60): the chain goes on from the checkpoint
-        prev = _checkpoint_hash()
-    row = AuditEvent(
-        created_at=utcnow(), actor_id=actor_id, subject_id=subject_id, event=event,
-        details=json.dumps(details, sort_keys=True, default=str, separators=(",", ":")),
-        prev_hash=prev or GENESIS,
-    )
-    row.hash = _digest(row.prev_hash, row)
+    _lock_chain()
+    # Inserted before the head is read: from here until commit no other writer
+    # can append (SQLite's write lock, or the advisory lock on PostgreSQL). The
+    # placeholder is unique, as the column is, and never outlives this function.
+    row = AuditEvent(created_at=utcnow(), actor_id=actor_id, subject_id=subject_id, event=event,
+                     details=json.dumps(details, sort_keys=True, default=str, separators=(",", ":")),
+                     prev_hash=_PENDING, hash=f"{_PENDING}:{secrets.token_hex(16)}")
     db.session.add(row)
     db.session.flush()
+    prev = db.session.scalar(sa.select(AuditEvent.hash).where(AuditEvent.id < row.id)
+                             .order_by(AuditEvent.id.desc()).limit(1))
+    if prev is None:  # every row was pruned (P60): the chain goes on from the checkpoint
+        prev = _checkpoint_hash()
+    row.created_at = utcnow()  # taken under the lock, so times follow the chain's order
+    row.prev_hash = prev
+    row.hash = _digest(prev, row)
+    db.session.flush()
     return row
+
+
+def _lock_chain() -> None:
+    """Serialize appends on PostgreSQL until this transaction ends; `prune_audit`
+    takes the same lock. SQLite needs nothing here: the INSERT that follows
+    takes its database-wide write lock."""
+    if db.engine.dialect.name == "postgresql":
+        db.session.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_ID})
 
 
 @dataclass
