@@ -68,7 +68,7 @@ def signup(email: str, password: str, policy: PolicyVersion, marketing_email: bo
     if existing is not None:
         burn_time(password)  # same cost as the path that hashes
         mail.queue(existing.email, "account:signup:existing", "Someone tried to sign up with your address",
-                   "signup_existing", login_url=current_app.config["BASE_URL"] + url_for("auth.login"),
+                   "signup_existing", user=existing, login_url=current_app.config["BASE_URL"] + url_for("auth.login"),
                    reset_url=current_app.config["BASE_URL"] + url_for("auth.forgot"))
         record_event(None, "account:signup:duplicate", subject=existing)
         return None
@@ -90,7 +90,7 @@ def signup(email: str, password: str, policy: PolicyVersion, marketing_email: bo
 def send_verification(user: User) -> None:
     token = tokens.issue(user, tokens.VERIFY)
     mail.queue(user.email, "account:verify", f"Confirm your email for {current_app.config['SITE_NAME']}",
-               "verify_email", link=_link("auth.verify", token),
+               "verify_email", user=user, link=_link("auth.verify", token),
                hours=current_app.config["VERIFY_LINK_HOURS"])
 
 
@@ -140,7 +140,7 @@ def _set_password(user: User, new: str, keep: UserSession | None, how: str) -> N
     user.password_hash = hash_password(new)
     ended = sessions.end_others(user, keep)
     record_event(user, f"account:password:{how}", sessions_ended=ended)
-    mail.queue(user.email, f"account:password:{how}", "Your password was changed", "notice_password",
+    mail.queue(user.email, f"account:password:{how}", "Your password was changed", "notice_password", user=user,
                how=how, reset_url=current_app.config["BASE_URL"] + url_for("auth.forgot"))
 
 
@@ -150,7 +150,7 @@ def request_reset(email: str) -> None:
     if user is None:
         return
     token = tokens.issue(user, tokens.RESET)
-    mail.queue(user.email, "account:reset", "Reset your password", "reset_password",
+    mail.queue(user.email, "account:reset", "Reset your password", "reset_password", user=user,
                link=_link("auth.reset", token), minutes=current_app.config["RESET_LINK_MINUTES"])
     record_event(None, "account:password:reset_requested", subject=user)
 
@@ -170,7 +170,7 @@ def request_magic_link(email: str) -> None:
         return
     token = tokens.issue(user, tokens.MAGIC)
     mail.queue(user.email, "account:magic_link", f"Your sign-in link for {current_app.config['SITE_NAME']}",
-               "magic_link", link=_link("auth.magic", token), minutes=enforced("MAGIC_LINK_MINUTES"))
+               "magic_link", user=user, link=_link("auth.magic", token), minutes=enforced("MAGIC_LINK_MINUTES"))
     record_event(None, "account:magic_link:requested", subject=user)
 
 
@@ -193,7 +193,7 @@ def request_email_change(user: User, new_email: str, password: str) -> str:
     token = tokens.issue(user, tokens.CHANGE_EMAIL, email=normalized)
     if taken is None:
         mail.queue(normalized, "account:email:confirm_change", "Confirm your new email address",
-                   "confirm_email_change", link=_link("account.confirm_email", token),
+                   "confirm_email_change", user=user, link=_link("account.confirm_email", token),
                    hours=current_app.config["VERIFY_LINK_HOURS"])
     # When taken, no link is sent and the page says the same: no account probing.
     record_event(user, "account:email:change_requested")
@@ -208,7 +208,7 @@ def confirm_email_change(token: str) -> User:
     old = user.email
     user.email, user.email_key, user.email_verified_at = normalized, key, utcnow()
     record_event(user, "account:email:changed")
-    mail.queue(old, "account:email:changed", "Your email address was changed", "notice_email_changed",
+    mail.queue(old, "account:email:changed", "Your email address was changed", "notice_email_changed", user=user,
                new_email=normalized, contact=current_app.config["PRIVACY_CONTACT"])
     return user
 
@@ -248,4 +248,4 @@ def confirm_identity(user: User, password: str, code: str | None) -> str | None:
 def security_notice(user: User, what: str) -> None:
     """Tell the owner by mail that 2FA was turned on or off."""
     mail.queue(user.email, f"account:2fa:{what}", f"Two-factor authentication was turned {what}",
-               "notice_2fa", what=what)
+               "notice_2fa", user=user, what=what)

@@ -164,7 +164,7 @@ def request_deletion(user: User, actor, *, channel: str = "portal", request: Pri
     token = _issue_cancel_token(user, request, now)
     c = current_app.config
     mail.queue(user.email, "privacy:deletion:receipt", "Your account is scheduled for deletion",
-               "deletion_receipt", req=request, requested_at=now, execute_after=request.execute_after,
+               "deletion_receipt", user=user, req=request, requested_at=now, execute_after=request.execute_after,
                grace_days=c["DELETION_GRACE_DAYS"], billing_years=policy.enforced("BILLING_RETENTION_YEARS"),
                keys_revoked=keys_revoked,
                cancel_url=_url("deletion.cancel", token=token))
@@ -189,7 +189,7 @@ def cancel(token: str, now: datetime | None = None) -> User:
     req.outcome_reason = "Cancelled by the person with the link in the receipt, within the grace period."
     record_event(user, "privacy:deletion:cancelled", request=req.id)
     mail.queue(user.email, "privacy:deletion:cancelled", "Your account will not be deleted",
-               "deletion_cancelled", req=req,
+               "deletion_cancelled", user=user, req=req,
                login_url=_url("auth.login"), keys_url=_url("keys.index"))
     return user
 

@@ -660,7 +660,7 @@ def build(app: Flask, export_id: int) -> None:
         exp.token_hash = hash_download_token(token)
         from app.services import mail
 
-        mail.queue(user.email, "export_ready", "Your data export is ready", "export_ready",
+        mail.queue(user.email, "export_ready", "Your data export is ready", "export_ready", user=user,
                    link=f"{app.config['BASE_URL']}/privacy-center/export/download/{token}",
                    hours=app.config["EXPORT_LINK_HOURS"], expires_at=exp.expires_at, size=exp.size_bytes)
         record_event(None, "privacy:export:ready", subject=user, export=exp.id, size=exp.size_bytes)

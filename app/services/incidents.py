@@ -105,7 +105,7 @@ def queue_notices(staff: User | None, inc: Incident, now: datetime | None = None
         if not batch:
             break
         for notice, user in batch:
-            msg = mail.queue(user.email, "incident_notice", inc.notice_subject, "incident_notice",
+            msg = mail.queue(user.email, "incident_notice", inc.notice_subject, "incident_notice", user=user,
                              incident=inc, body=inc.notice_body)
             db.session.flush()
             notice.outbox_message_id = msg.id

@@ -31,12 +31,29 @@ log = logging.getLogger(__name__)
 CLAIM = timedelta(seconds=120)
 
 
-def queue(to_addr: str, kind: str, subject: str, template: str, **context) -> OutboxMessage:
-    """Render `mail/<template>.txt` and add it to the outbox in this transaction."""
+_UNSET = object()
+
+
+def queue(to_addr: str, kind: str, subject: str, template: str, *, user=_UNSET, user_id=_UNSET,
+          **context) -> OutboxMessage:
+    """Render `mail/<template>.txt` and add it to the outbox in this transaction.
+
+    `user=` (or `user_id=`) is the account the message is about, and must be
+    given: erasure removes the account's mail and the export and "What we
+    keep" find it by account, never by address, since an address can pass to
+    a new owner who must not see the old one's mail. `user=None` is only for
+    mail to an address that belongs to no account.
+    """
+    if (user is _UNSET) == (user_id is _UNSET):
+        raise TypeError("mail.queue() takes exactly one of user= or user_id= (None: no account)")
+    if user is not _UNSET:
+        if user is not None and user.id is None:
+            db.session.flush()  # a new account: its id, so its first mail is tied to it
+        user_id = user.id if user is not None else None
     context.setdefault("site_name", current_app.config["SITE_NAME"])
     context.setdefault("base_url", current_app.config["BASE_URL"])
     body = render_template(f"mail/{template}.txt", **context)
-    msg = OutboxMessage(kind=kind, to_addr=to_addr, subject=subject, body_text=body)
+    msg = OutboxMessage(kind=kind, user_id=user_id, to_addr=to_addr, subject=subject, body_text=body)
     db.session.add(msg)
     db.session.info["mail_queued"] = True
     return msg

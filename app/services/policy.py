@@ -317,7 +317,7 @@ def queue_notices(version: PolicyVersion, max_batches: int | None = None, staff:
             db.session.commit()
             break
         for user in users:
-            msg = mail.queue(user.email, "policy_change", subject, "policy_change", version=version)
+            msg = mail.queue(user.email, "policy_change", subject, "policy_change", user=user, version=version)
             db.session.flush()
             db.session.add(PolicyNotice(policy_version_id=version.id, user_id=user.id,
                                         outbox_message_id=msg.id))

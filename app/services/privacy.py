@@ -166,7 +166,7 @@ def close(req: PrivacyRequest, actor, outcome: str, reason: str, now: datetime |
         from app.services import mail
 
         mail.queue(user.email, "privacy_request_closed", f"Your privacy request #{req.id} is closed",
-                   "privacy_request_closed", req=req, kind_label=KIND_LABELS[req.kind],
+                   "privacy_request_closed", user=user, req=req, kind_label=KIND_LABELS[req.kind],
                    outcome_label=OUTCOME_LABELS[outcome])
 
 

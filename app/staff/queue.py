@@ -158,7 +158,7 @@ def extend(req: PrivacyRequest, staff: User, reason: str, now: datetime | None =
     user = db.session.get(User, req.user_id) if req.user_id else None
     if user is not None:
         mail.queue(user.email, "privacy:request:extended", f"Your privacy request #{req.id} needs more time",
-                   "privacy_request_extended", req=req, kind_label=privacy.KIND_LABELS[req.kind])
+                   "privacy_request_extended", user=user, req=req, kind_label=privacy.KIND_LABELS[req.kind])
 
 
 def verify_by_staff_check(req: PrivacyRequest, staff: User, note: str, now: datetime | None = None) -> None:

@@ -53,7 +53,7 @@ def send_link(req: PrivacyRequest, staff: User) -> None:
     token = _serializer().dumps({"u": user.id, "n": nonce, "r": req.id, "s": staff.id})
     link = current_app.config["BASE_URL"] + url_for("staff.verify_link", token=token)
     mail.queue(user.email, "privacy:request:verify", f"Confirm your privacy request #{req.id}",
-               "privacy_verify", req=req, kind_label=privacy.KIND_LABELS[req.kind], link=link,
+               "privacy_verify", user=user, req=req, kind_label=privacy.KIND_LABELS[req.kind], link=link,
                hours=current_app.config["VERIFY_LINK_HOURS"])
     record_event(staff, "privacy:request:verification_sent", subject=user, request=req.id)
 

@@ -43,7 +43,7 @@ def test_file_transport_writes_eml_into_the_mail_folder(tmp_path, database_url):
     app = create_app({"DATABASE_URL": database_url, "INSTANCE_PATH": str(tmp_path), "SECRET_KEY": "k" * 40,
                       "MAIL_TRANSPORT": "file", "MAIL_WORKER": "off"})
     with app.app_context(), app.test_request_context():
-        mail.queue("reader@example.com", "test:file", "Hello from the outbox", "notice_2fa", what="on")
+        mail.queue("reader@example.com", "test:file", "Hello from the outbox", "notice_2fa", user=None, what="on")
         db.session.commit()
         assert mail.deliver_pending(app) == 1
         from app.models import OutboxMessage
