@@ -1,15 +1,22 @@
 """Glue between Flask-Login and our server-side sessions, plus view helpers."""
 from __future__ import annotations
 
+import math
+import time
 from functools import wraps
 from urllib.parse import urlsplit
 
-from flask import Flask, abort, flash, g, redirect, request, session, url_for
+from flask import Flask, abort, current_app, flash, g, redirect, request, session, url_for
 from flask_login import current_user, login_user, logout_user
 
-from app.extensions import db, login_manager
+from app.extensions import db, limiter, login_manager
 from app.models import User, UserSession
-from app.services import sessions
+from app.services import accounts, sessions
+from app.services.crypto import token_hash
+
+# Every answer to a form that must not tell whether an address has an account
+# takes a whole number of these (see same_time_for_any_address).
+ANSWER_FLOOR_SECONDS = 0.15
 
 
 def init_app(app: Flask) -> None:
@@ -103,6 +110,75 @@ def fresh_login_required(view):
             flash("For your security, confirm it is you before continuing.", "info")
             return redirect(url_for("account.reauth", next=request.full_path.rstrip("?")))
         return view(*args, **kwargs)
+    return wrapper
+
+
+# ---- per-account limits -------------------------------------------------------------
+
+def _account_limit_key(email_key: str) -> str:
+    """Limiter keys are keyed hashes, so the rate-limit store (Redis) never
+    holds the addresses people typed, known or not."""
+    return "account:" + token_hash(email_key, "ratelimit:account")
+
+
+def named_account_key() -> str:
+    """The account a form names in its `email` field, however it is spelled
+    (accounts.account_key: the normalization signup and lookup use)."""
+    return _account_limit_key(accounts.account_key(request.form.get("email")))
+
+
+def own_account_key() -> str:
+    """The account acting: the signed-in one, or the one half-way through its
+    second factor. Same key as when its address is typed into a form."""
+    if current_user.is_authenticated:
+        return _account_limit_key(current_user.email_key)
+    pending = session.get("pending_2fa") or {}
+    user = db.session.get(User, pending["uid"]) if pending.get("uid") else None
+    if user is not None:
+        return _account_limit_key(user.email_key)
+    return "anonymous:" + (request.remote_addr or "")  # no account: the address limit is the one that counts
+
+
+def _auth_limit() -> str:
+    return current_app.config["RATELIMIT_AUTH"]
+
+
+# The sign-in limits (RATELIMIT_AUTH), on POSTs only: per client address (behind
+# a trusted proxy, the client's own; see security.init_app) and per account.
+limit_per_address = limiter.limit(_auth_limit, methods=["POST"])
+limit_per_named_account = limiter.limit(_auth_limit, key_func=named_account_key, methods=["POST"])
+limit_per_own_account = limiter.limit(_auth_limit, key_func=own_account_key, methods=["POST"])
+
+
+# ---- no enumeration by timing ------------------------------------------------------------
+
+def same_time_for_any_address(view):
+    """POSTs to this view answer after a whole number of ANSWER_FLOOR_SECONDS.
+
+    For forms that give the same page whether or not an address has an account
+    (forgot password, sign-in link, signup, email change), the work behind the
+    page differs: a known address gets a token, an outbox row and an audit row
+    in one commit, an unknown one nothing, so it answered in about half the
+    time. Making the work identical cannot be exact (a commit with writes costs
+    more than one without, the audit chain takes a lock, and a decoy outbox row
+    for an unknown address would store an address we must not keep), and moving
+    the work to a background thread would lose the outbox's promise that a mail
+    commits with the change that caused it. So both paths are padded to the
+    same floor, which is many times the known path's cost; on an overloaded
+    machine where the work overruns it, the answer waits for the next multiple,
+    so an overrun still says little. The cost is a held worker thread for that
+    long, on POSTs that are rate-limited per address and per account."""
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        if request.method != "POST":
+            return view(*args, **kwargs)
+        start = time.perf_counter()
+        try:
+            return view(*args, **kwargs)
+        finally:
+            elapsed = time.perf_counter() - start
+            target = ANSWER_FLOOR_SECONDS * max(1, math.ceil(elapsed / ANSWER_FLOOR_SECONDS))
+            time.sleep(max(0.0, target - elapsed))
     return wrapper
 
 

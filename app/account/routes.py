@@ -7,12 +7,13 @@ from flask_login import current_user, login_required
 
 from app.account.forms import ChangeEmailForm, ChangePasswordForm, ConfirmTotpForm, ProfileFieldForm, ReauthForm
 from app.auth.forms import EmptyForm
-from app.extensions import db, limiter
+from app.extensions import db
 from app.models import UserSession
 from app.services import ServiceError, accounts, sessions, totp
 from app.services.audit import record_event
 from app.services.crypto import decrypt, encrypt
-from app.web import current_session, end_login, fresh_login_required, is_htmx, safe_next
+from app.web import (current_session, end_login, fresh_login_required, is_htmx, limit_per_address,
+                     limit_per_own_account, safe_next, same_time_for_any_address)
 
 bp = Blueprint("account", __name__)
 PROFILE_FIELDS = {"name": "Name", "company": "Company"}
@@ -63,7 +64,8 @@ def profile_field(field: str):
 
 
 @bp.route("/reauth", methods=["GET", "POST"])
-@limiter.limit(lambda: current_app.config["RATELIMIT_AUTH"], methods=["POST"])
+@limit_per_address
+@limit_per_own_account  # a password guess is one whichever browser or address it comes from
 def reauth():
     form = ReauthForm()
     next_url = safe_next(request.args.get("next"), url_for("account.index"))
@@ -86,6 +88,9 @@ def reauth():
 
 @bp.route("/email", methods=["GET", "POST"])
 @fresh_login_required
+@limit_per_address
+@limit_per_own_account  # it checks the password
+@same_time_for_any_address  # a taken address gets no mail, and must not answer sooner
 def change_email():
     form = ChangeEmailForm()
     if form.validate_on_submit():
@@ -104,7 +109,7 @@ def change_email():
 @bp.route("/email/confirm/<token>")
 def confirm_email(token: str):
     try:
-        user = accounts.confirm_email_change(token)
+        user = accounts.confirm_email_change(token, keep=current_session())  # ends every other session
         if user.id != current_user.id:
             raise ServiceError("This link belongs to another account. Log in to that account to use it.")
     except ServiceError as exc:
@@ -117,6 +122,8 @@ def confirm_email(token: str):
 
 @bp.route("/password", methods=["GET", "POST"])
 @fresh_login_required
+@limit_per_address
+@limit_per_own_account  # it checks the current password
 def change_password():
     form = ChangePasswordForm()
     if form.validate_on_submit():

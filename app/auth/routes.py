@@ -11,35 +11,18 @@ from app.extensions import db, limiter
 from app.models import User
 from app.services import ServiceError, accounts, policy, tokens, totp
 from app.services.audit import record_event
-from app.web import begin_login, end_login, safe_next
+from app.web import (begin_login, current_session, end_login, limit_per_address, limit_per_named_account,
+                     limit_per_own_account, own_account_key, safe_next, same_time_for_any_address)
 
 bp = Blueprint("auth", __name__)
 
 PENDING_2FA_SECONDS = 300
 
 
-def _auth_limit() -> str:
-    return current_app.config["RATELIMIT_AUTH"]
-
-
-def _account_key() -> str:
-    """Rate-limit key for the account a request names (normalized email)."""
-    raw = (request.form.get("email") or "").strip().lower()
-    return "account:" + raw
-
-
-def _pending_key() -> str:
-    return "pending2fa:" + str((session.get("pending_2fa") or {}).get("uid", "none"))
-
-
-# Per client address and per named account (Flask-Limiter); POSTs only.
-by_address = limiter.limit(_auth_limit, methods=["POST"])
-by_account = limiter.limit(_auth_limit, key_func=_account_key, methods=["POST"])
-
-
 @bp.route("/signup", methods=["GET", "POST"])
-@by_address
-@by_account
+@limit_per_address
+@limit_per_named_account
+@same_time_for_any_address
 def signup():
     if current_user.is_authenticated:
         return redirect(url_for("main.dashboard"))
@@ -67,8 +50,9 @@ def check_email():
 
 @bp.route("/verify/<token>")
 def verify(token: str):
+    mine = current_session() if current_user.is_authenticated else None
     try:
-        user = accounts.verify_email(token)
+        user = accounts.verify_email(token, keep=mine)  # ends every other session of the account
     except ServiceError as exc:
         db.session.rollback()
         return render_template("auth/link_problem.html", message=str(exc)), 400
@@ -81,8 +65,7 @@ def verify(token: str):
 
 @bp.route("/verify/resend", methods=["POST"])
 @login_required
-@limiter.limit(lambda: current_app.config["RATELIMIT_RESEND"],
-               key_func=lambda: f"resend:{current_user.get_id()}")
+@limiter.limit(lambda: current_app.config["RATELIMIT_RESEND"], key_func=own_account_key)
 def resend_verification():
     form = EmptyForm()
     if form.validate_on_submit() and not current_user.is_verified:
@@ -106,8 +89,8 @@ def _finish_first_factor(user: User, method: str, next_url: str):
 
 
 @bp.route("/login", methods=["GET", "POST"])
-@by_address
-@by_account
+@limit_per_address
+@limit_per_named_account
 def login():
     if current_user.is_authenticated:
         return redirect(url_for("main.dashboard"))
@@ -128,8 +111,8 @@ def login():
 
 
 @bp.route("/login/2fa", methods=["GET", "POST"])
-@limiter.limit(_auth_limit, key_func=_pending_key, methods=["POST"])
-@by_address
+@limit_per_own_account
+@limit_per_address
 def two_factor():
     pending = session.get("pending_2fa")
     if not pending:
@@ -171,8 +154,9 @@ def logout():
 
 
 @bp.route("/forgot", methods=["GET", "POST"])
-@by_address
-@by_account
+@limit_per_address
+@limit_per_named_account
+@same_time_for_any_address
 def forgot():
     form = EmailOnlyForm()
     if form.validate_on_submit():
@@ -184,7 +168,7 @@ def forgot():
 
 
 @bp.route("/reset/<token>", methods=["GET", "POST"])
-@by_address
+@limit_per_address
 def reset(token: str):
     if not tokens.peek(token, tokens.RESET):
         return render_template("auth/link_problem.html",
@@ -208,8 +192,9 @@ def reset(token: str):
 
 
 @bp.route("/login/link", methods=["GET", "POST"])
-@by_address
-@by_account
+@limit_per_address
+@limit_per_named_account
+@same_time_for_any_address
 def magic_request():
     form = EmailOnlyForm()
     if form.validate_on_submit():
@@ -222,7 +207,7 @@ def magic_request():
 
 
 @bp.route("/login/link/<token>", methods=["GET", "POST"])
-@by_address
+@limit_per_address
 def magic(token: str):
     """GET shows a button; only the POST uses the link, so a mail scanner that
     opens links cannot spend it."""

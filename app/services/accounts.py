@@ -6,6 +6,8 @@ commits once, so the change, its notice and its audit row land together.
 """
 from __future__ import annotations
 
+import unicodedata
+
 import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app, url_for
@@ -27,6 +29,24 @@ def normalize_email(raw: str) -> tuple[str, str]:
     except EmailNotValidError as exc:
         raise ServiceError(f"Enter a valid email address: {exc}")
     return info.normalized, info.normalized.lower()
+
+
+def account_key(typed: str | None) -> str:
+    """The one key for whatever a person typed as an address: what signup stores
+    in `email_key` and lookup compares, so every spelling of one address (case,
+    surrounding space, Unicode composition, full-width letters in the domain)
+    names one account, and per-account limits cannot be split into several
+    budgets by retyping the address.
+
+    Text that is no valid address names no account, but it still needs one
+    budget per spelling, or each variant of it would be a fresh one: it falls
+    back to NFKC with whitespace removed and case folded, marked so that it can
+    never equal the key of a real address."""
+    try:
+        return normalize_email(typed or "")[1]
+    except ServiceError:
+        folded = "".join(unicodedata.normalize("NFKC", typed or "").split()).casefold()
+        return "unparsed:" + folded
 
 
 def check_password_rules(password: str) -> None:
@@ -94,11 +114,27 @@ def send_verification(user: User) -> None:
                hours=current_app.config["VERIFY_LINK_HOURS"])
 
 
-def verify_email(token: str) -> User:
+def _address_proven(user: User, keep: UserSession | None) -> int:
+    """The owner of the address has just proven it (a verification, sign-in,
+    reset or email-change link opened from their inbox). Every session opened
+    before then may belong to someone else: whoever signed up with the address
+    before its owner, or could sign in to it before it was theirs (a
+    pre-hijacked account). All of them end, except `keep` when it is this
+    account's session in the browser that opened the link. Every code path
+    that marks an address verified goes through here. Returns how many ended."""
+    if keep is not None and keep.user_id != user.id:
+        keep = None
+    user.email_verified_at = utcnow()
+    return sessions.end_others(user, keep)
+
+
+def verify_email(token: str, keep: UserSession | None = None) -> User:
+    """Use a verification link. The first one proves the address (see
+    `_address_proven`); a later one, for an address already proven, changes nothing."""
     user, _ = tokens.consume(token, tokens.VERIFY)
     if user.email_verified_at is None:
-        user.email_verified_at = utcnow()
-        record_event(user, "account:email:verified")
+        ended = _address_proven(user, keep)
+        record_event(user, "account:email:verified", sessions_ended=ended)
     return user
 
 
@@ -108,6 +144,9 @@ def authenticate(email: str, password: str) -> User | None:
     user = find_by_email(email)
     if user is None:
         burn_time(password)
+        # The same audit write as a wrong password (no subject: nobody's data),
+        # so the two answers also cost the same database work.
+        record_event(None, "account:login:failed")
         return None
     ok, new_hash = verify_password(user.password_hash, password)
     if not ok:
@@ -158,9 +197,9 @@ def request_reset(email: str) -> None:
 def reset_password(token: str, new: str) -> User:
     check_password_rules(new)
     user, _ = tokens.consume(token, tokens.RESET)
-    _set_password(user, new, None, "reset")
+    _set_password(user, new, None, "reset")  # ends every session already
     if user.email_verified_at is None:  # the link proved the address
-        user.email_verified_at = utcnow()
+        _address_proven(user, None)
     return user
 
 
@@ -175,10 +214,16 @@ def request_magic_link(email: str) -> None:
 
 
 def consume_magic_link(token: str) -> User:
+    """Use a sign-in link. When it is the first proof of the address, every
+    session opened before ends (`_address_proven`; the caller then starts a new
+    one). For an address already proven it is one more login, like a password,
+    and other devices stay signed in: the sessions that could be someone
+    else's were ended when the address was first proven."""
     user, _ = tokens.consume(token, tokens.MAGIC)
     _check_not_scheduled(user)
     if user.email_verified_at is None:
-        user.email_verified_at = utcnow()
+        ended = _address_proven(user, None)
+        record_event(user, "account:email:verified", method="magic_link", sessions_ended=ended)
     return user
 
 
@@ -200,14 +245,17 @@ def request_email_change(user: User, new_email: str, password: str) -> str:
     return normalized
 
 
-def confirm_email_change(token: str) -> User:
+def confirm_email_change(token: str, keep: UserSession | None = None) -> User:
+    """Use an email-change link: the new address is proven, so every other
+    session ends (`_address_proven`); `keep` is the browser confirming."""
     user, extra = tokens.consume(token, tokens.CHANGE_EMAIL)
     normalized, key = normalize_email(extra["email"])
     if db.session.scalar(sa.select(User.id).where(User.email_key == key, User.id != user.id)):
         raise ServiceError("That address now belongs to another account.")
     old = user.email
-    user.email, user.email_key, user.email_verified_at = normalized, key, utcnow()
-    record_event(user, "account:email:changed")
+    user.email, user.email_key = normalized, key
+    ended = _address_proven(user, keep)
+    record_event(user, "account:email:changed", sessions_ended=ended)
     mail.queue(old, "account:email:changed", "Your email address was changed", "notice_email_changed", user=user,
                new_email=normalized, contact=current_app.config["PRIVACY_CONTACT"])
     return user
