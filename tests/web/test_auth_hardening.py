@@ -143,6 +143,25 @@ def test_known_and_unknown_addresses_take_the_same_time(make_app, users, url, su
     assert ratio < 1.25, f"known {known * 1000:.1f} ms, unknown {unknown * 1000:.1f} ms"
 
 
+def test_a_failed_login_costs_the_same_work_for_an_unknown_address(app, users):
+    """A wrong password writes a failed-login audit row; an unknown address now
+    writes the same row (with no subject, and no trace of the address), so the
+    two answers cost the same database work as well as the same Argon2 check."""
+    from app.models import AuditEvent
+
+    users.create(email="ada@example.com")
+    for email in ("ada@example.com", "ghost@example.com"):
+        resp = Forms(app.test_client()).post("/login", {"email": email, "password": "wrong password"})
+        assert resp.status_code == 200
+    with app.app_context():
+        rows = db.session.execute(sa.select(AuditEvent.subject_id, AuditEvent.details)
+                                  .where(AuditEvent.event == "account:login:failed")
+                                  .order_by(AuditEvent.id)).all()
+    assert len(rows) == 2
+    assert rows[0].subject_id is not None and rows[1].subject_id is None
+    assert all("ghost" not in (r.details or "") for r in rows)
+
+
 # ---- no enumeration by text --------------------------------------------------------------
 
 def _answer(app, url: str, data: dict, n: int):
