@@ -1,5 +1,5 @@
 """The one scheduled job (P60): retention, due deletions, expired exports,
-and the mailing about a material policy change (P62).
+sent mail and ended sessions, and the mailing about a material policy change (P62).
 
 `run_all` is the entry point for `flask jobs run` (cron) and for the
 in-process scheduler thread. It takes a named lease in `job_locks` with one
@@ -20,14 +20,14 @@ from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 
 import sqlalchemy as sa
-from flask import Flask
+from flask import Flask, current_app
 from sqlalchemy.exc import IntegrityError
 
 from app.extensions import db
 from app.services import policy
 from app.services.dates import add_months
 from app.services.worker import BackgroundWorker
-from app.models import AuditCheckpoint, AuditEvent, JobLock, UsageDaily, UsageRecord
+from app.models import AuditCheckpoint, AuditEvent, JobLock, UsageDaily, UsageRecord, UserSession
 from app.models.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,27 @@ def purge_exports(now: datetime) -> int:
     return n
 
 
+def prune_mail(now: datetime) -> int:
+    """Sent or failed mail is kept MAIL_RETENTION_DAYS (P52, P60); an erased
+    account's mail went with it already."""
+    from app.services.mail import prune
+
+    n = prune(now)
+    db.session.commit()
+    return n
+
+
+def prune_sessions(now: datetime) -> int:
+    """A login unused for SESSION_LIFETIME_HOURS is over: the next request with
+    its cookie is anonymous anyway. Its row (device, user agent, times) goes
+    here, also when that cookie never comes back."""
+    cutoff = now - timedelta(seconds=current_app.config["PERMANENT_SESSION_LIFETIME"])
+    n = db.session.execute(sa.delete(UserSession).where(UserSession.last_seen_at < cutoff)
+                           .execution_options(synchronize_session=False)).rowcount
+    db.session.commit()
+    return n
+
+
 def keep_billing(now: datetime) -> int:
     """Billing records are kept BILLING_RETENTION_YEARS years and the wallet
     ledger forever (P41, P60). No billing table exists yet, so nothing is
@@ -181,7 +202,8 @@ def _steps():
     g = globals()
     return [("usage_rolled_up", g["rollup_usage"]), ("aggregates_pruned", g["prune_aggregates"]),
             ("audit_pruned", g["prune_audit"]), ("accounts_erased", g["erase_deletions"]),
-            ("exports_purged", g["purge_exports"]), ("billing_pruned", g["keep_billing"]),
+            ("exports_purged", g["purge_exports"]), ("mail_pruned", g["prune_mail"]),
+            ("sessions_pruned", g["prune_sessions"]), ("billing_pruned", g["keep_billing"]),
             ("policy_notices_queued", g["queue_policy_notices"])]
 
 

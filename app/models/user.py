@@ -13,6 +13,9 @@ from app.models.types import UTCDateTime, utcnow
 
 class User(UserMixin, db.Model):
     __tablename__ = "users"
+    # SQLite would give an erased account's id to the next signup, and with it
+    # every row kept by id (requests, audit trail); PostgreSQL never reuses one.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     # The address as the person typed it, normalized by email-validator.

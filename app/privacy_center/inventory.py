@@ -18,8 +18,8 @@ from sqlalchemy.orm import aliased
 from app.extensions import db
 from app.services import policy
 from app.services.dates import add_months
-from app.models import (ApiKey, AuditEvent, ConsentEvent, DataExport, PolicyAcceptance, PrivacyRequest,
-                        RecoveryCode, UsageDaily, UsageRecord, User, UserSession)
+from app.models import (ApiKey, AuditEvent, ConsentEvent, DataExport, OutboxMessage, PolicyAcceptance,
+                        PrivacyRequest, RecoveryCode, UsageDaily, UsageRecord, User, UserSession)
 
 UNTIL_DELETION = "until you delete your account"
 
@@ -63,6 +63,7 @@ def inventory(user: User) -> list[Category]:
     rule = policy.enforced  # the windows of the policy in effect, which the jobs apply
     days, months = rule("METADATA_RETENTION_DAYS"), rule("AGGREGATE_RETENTION_MONTHS")
     audit_days, billing_years = rule("AUDIT_RETENTION_DAYS"), rule("BILLING_RETENTION_YEARS")
+    mail_days = rule("MAIL_RETENTION_DAYS")
     session_days = max(1, round(cfg["PERMANENT_SESSION_LIFETIME"] / 86400))
     out: list[Category] = []
 
@@ -125,6 +126,20 @@ def inventory(user: User) -> list[Category]:
     out.append(Category(
         "exports", "Data exports", "When you asked for a copy of your data, and its download status.", exports,
         rule=f"{UNTIL_DELETION}; each ZIP file is removed {cfg['EXPORT_LINK_HOURS']} hours after it is ready"))
+
+    # By account, never by address: mail to this address before the account
+    # existed was someone else's (P52).
+    mine = OutboxMessage.user_id == user.id
+    mails = _count(OutboxMessage, mine)
+    waiting = _count(OutboxMessage, mine, OutboxMessage.sent_at.is_(None), OutboxMessage.failed_at.is_(None))
+    first_done = _oldest(sa.func.coalesce(OutboxMessage.sent_at, OutboxMessage.failed_at), mine)
+    out.append(Category(
+        "mail", "Emails we sent you",
+        "Each message's address, subject, kind and when it was sent. The text is emptied once it is sent, "
+        "because links in it are secrets.", mails,
+        facts=[f"{waiting:,} waiting to be sent"] if waiting else [],
+        deleted_on=_day(first_done + timedelta(days=mail_days)) if first_done else None,
+        rule=f"each message {mail_days} days after it was sent; unsent ones with your account"))
 
     audit = _count(AuditEvent, AuditEvent.subject_id == user.id)
     first_event = _oldest(AuditEvent.created_at, AuditEvent.subject_id == user.id)

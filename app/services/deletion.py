@@ -7,7 +7,8 @@ passed, so a person who changes their mind, or whose account was hijacked,
 can keep it with the link in the receipt. Erasure keeps only what the law or
 the integrity of other records needs: billing records, the wallet ledger,
 usage rows and daily aggregates without anything that points at the person,
-and the audit trail (plain ids).
+the audit trail (plain ids), and the delivery times of security and policy
+notices that went out (no address). The account's mail goes with it.
 
 Every function takes `now` for a controlled clock and, like the other
 services, leaves the commit to the caller, except `erase_due`, which is the
@@ -25,8 +26,9 @@ from flask import current_app, has_request_context, url_for
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from app.extensions import db
-from app.models import (ApiKey, ConsentEvent, DataExport, OneTimeToken, PolicyAcceptance, PrivacyRequest,
-                        RecoveryCode, UsageDaily, UsageRecord, User, UserSession)
+from app.models import (ApiKey, ConsentEvent, DataExport, IncidentNotice, OneTimeToken, OutboxMessage,
+                        PolicyAcceptance, PolicyNotice, PrivacyRequest, RecoveryCode, UsageDaily, UsageRecord,
+                        User, UserSession)
 from app.models.types import utcnow
 from app.services import ServiceError, keys, mail, policy
 from app.services import privacy as privacy_core
@@ -225,6 +227,21 @@ def _anonymize(model, user_id: int, key_ids: list[int]) -> int:
                               .execution_options(synchronize_session=False)).rowcount
 
 
+def _forget_mail(user_id: int) -> int:
+    """The account's outbox rows go (mail.forget_account). A security or
+    policy notice that never went out can no longer reach anyone, so its
+    notice row goes too, rather than waiting forever as "not sent"; one that
+    went out stays as the record that it did, by id only."""
+    unsent = sa.select(OutboxMessage.id).where(OutboxMessage.user_id == user_id, OutboxMessage.sent_at.is_(None),
+                                               OutboxMessage.failed_at.is_(None))
+    for model in (IncidentNotice, PolicyNotice):
+        db.session.execute(sa.delete(model).where(
+            model.user_id == user_id,
+            sa.or_(model.outbox_message_id.is_(None), model.outbox_message_id.in_(unsent)))
+            .execution_options(synchronize_session=False))
+    return mail.forget_account(user_id)
+
+
 def erase(user_id: int, now: datetime | None = None) -> bool:
     """Erase an account: its row and every personal row hanging from it go,
     usage rows and aggregates lose everything that points at the person but
@@ -240,6 +257,9 @@ def erase(user_id: int, now: datetime | None = None) -> bool:
         "usage_rows": _anonymize(UsageRecord, user_id, key_ids),
         "daily_rows": _anonymize(UsageDaily, user_id, key_ids),
     }
+    if user is not None:
+        # Before the closing mail below is queued: that one must still go out.
+        counts["mail"] = _forget_mail(user_id)
     if req is not None:
         req.executed_at = now
         if user is not None:
@@ -261,6 +281,8 @@ def erase(user_id: int, now: datetime | None = None) -> bool:
                                .execution_options(synchronize_session=False))
         db.session.execute(sa.delete(User).where(User.id == user_id).execution_options(synchronize_session=False))
         db.session.expunge(user)
+        # The closing mail is the one message left: it goes to the address, tied to no account.
+        db.session.execute(sa.update(OutboxMessage).where(OutboxMessage.user_id == user_id).values(user_id=None))
     record_event(None, "privacy:deletion:erased", subject=user_id, request=req.id if req else None, **counts)
     return True
 

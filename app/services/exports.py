@@ -217,11 +217,12 @@ def _audit_derive(uid: int) -> Callable[[dict], dict]:
 
 
 def _emails_select(uid: int) -> sa.Select:
+    # By account, never by address: an address can belong to someone else
+    # before or after this person, and their mail is not this person's.
     m = OutboxMessage
-    email_key = sa.select(User.email_key).where(User.id == uid).scalar_subquery()
     return sa.select(m.id.label("id"), m.created_at.label("created_at"), m.kind.label("kind"),
-                     m.subject.label("subject"), m.sent_at.label("sent_at"),
-                     m.failed_at.label("failed_at")).where(sa.func.lower(m.to_addr) == email_key)
+                     m.to_addr.label("to"), m.subject.label("subject"), m.sent_at.label("sent_at"),
+                     m.failed_at.label("failed_at")).where(m.user_id == uid)
 
 
 def _count(model, cond: Callable[[int], Any]) -> Callable[[int], sa.Select]:
@@ -298,13 +299,13 @@ def categories(uid: int) -> list[Category]:
                     Column("started_at", "time"), Column("finished_at", "time"), Column("expires_at", "time"),
                     Column("downloaded_at", "time"), Column("size_bytes", "int")),
                  _exports_select, by_id(DataExport.id), _count(DataExport, lambda u: DataExport.user_id == u)),
-        Category("emails", "Messages we sent to your current address: when, what kind, subject, and "
-                 "when it was delivered. Not the bodies: we empty them once sent, because links in "
-                 "them are secrets.",
-                 _t(Column("id", "int"), Column("created_at", "time"), Column("kind"), Column("subject"),
-                    Column("sent_at", "time"), Column("failed_at", "time")),
+        Category("emails", "Messages we sent you or are about to send: when, what kind, to which address, "
+                 "subject, and when it was delivered. Not the bodies: we empty them once sent, because "
+                 "links in them are secrets. Sent mail is deleted after the retention period.",
+                 _t(Column("id", "int"), Column("created_at", "time"), Column("kind"), Column("to"),
+                    Column("subject"), Column("sent_at", "time"), Column("failed_at", "time")),
                  _emails_select, by_id(OutboxMessage.id),
-                 lambda u: sa.select(sa.func.count()).select_from(_emails_select(u).subquery())),
+                 _count(OutboxMessage, lambda u: OutboxMessage.user_id == u)),
         Category("audit_events", "The security and privacy log entries about you or made by you: time, "
                  "event, who acted (you, the system, or staff) and the recorded details.",
                  _t(Column("id", "int"), Column("created_at", "time"), Column("event"), Column("by"),

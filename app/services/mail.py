@@ -6,12 +6,16 @@ rows, hands them to the configured transport (SMTP, a folder of .eml files, or
 the log) and retries failures with exponential backoff. Each web process runs
 one sender thread that wakes on commit and every few seconds; `flask mail send`
 does the same from cron or by hand.
+
+Every message belongs to the account it is about (`user_id`), so erasure takes
+it away with the account and the retention job (`prune`) removes sent or
+failed mail after MAIL_RETENTION_DAYS (P52, P60), both through `forget`.
 """
 from __future__ import annotations
 
 import logging
 import smtplib
-from datetime import timedelta
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
@@ -22,9 +26,9 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from app.extensions import db
-from app.models import OutboxMessage
+from app.models import IncidentNotice, OutboxMessage, PolicyNotice
 from app.models.types import utcnow
-from app.services import consent_links
+from app.services import consent_links, policy
 from app.services.worker import BackgroundWorker
 
 log = logging.getLogger(__name__)
@@ -121,25 +125,84 @@ def deliver_pending(app: Flask, limit: int = 50) -> int:
         if not claimed:
             continue
         row = db.session.get(OutboxMessage, msg_id)
-        row.attempts += 1
+        if row is None:  # erased with its account since the claim
+            continue
+        attempts = row.attempts + 1
+        done: dict = {"attempts": attempts}
         try:
             _send(app, _build(app, row))
         except Exception as exc:  # any transport failure is retried
             # The class and errno only: an SMTP error can quote the message.
-            row.last_error = f"{type(exc).__name__}: {getattr(exc, 'smtp_code', '') or getattr(exc, 'errno', '') or ''}"[:200]
-            row.claimed_until = None
-            if row.attempts >= app.config["MAIL_MAX_ATTEMPTS"]:
-                row.failed_at = utcnow()
-                log.warning("mail %s failed for good after %s attempts", row.id, row.attempts)
+            done["last_error"] = (f"{type(exc).__name__}: "
+                                  f"{getattr(exc, 'smtp_code', '') or getattr(exc, 'errno', '') or ''}")[:200]
+            done["claimed_until"] = None
+            if attempts >= app.config["MAIL_MAX_ATTEMPTS"]:
+                done["failed_at"] = utcnow()
+                log.warning("mail %s failed for good after %s attempts", msg_id, attempts)
             else:
-                row.next_attempt_at = utcnow() + timedelta(seconds=min(3600, 5 * 2 ** row.attempts))
-                log.info("mail %s attempt %s failed (%s); will retry", row.id, row.attempts, row.last_error)
+                done["next_attempt_at"] = utcnow() + timedelta(seconds=min(3600, 5 * 2 ** attempts))
+                log.info("mail %s attempt %s failed (%s); will retry", msg_id, attempts, done["last_error"])
         else:
-            row.sent_at = utcnow()
-            row.body_text = ""  # links are secrets; the sent copy is the person's
+            done["sent_at"] = utcnow()
+            done["body_text"] = ""  # links are secrets; the sent copy is the person's
             sent += 1
+        # One statement, so an account erased meanwhile leaves nothing to fail on.
+        db.session.execute(sa.update(OutboxMessage).where(OutboxMessage.id == msg_id).values(**done))
         db.session.commit()
     return sent
+
+
+# ---- erasure and retention --------------------------------------------------------------
+
+def _notice_mail() -> sa.Select:
+    """Outbox ids that are the record of a notice: an incident notice (P63) or a
+    policy-change notice (P62), whose delivery time proves when it went out."""
+    return sa.union(
+        sa.select(IncidentNotice.outbox_message_id).where(IncidentNotice.outbox_message_id.is_not(None)),
+        sa.select(PolicyNotice.outbox_message_id).where(PolicyNotice.outbox_message_id.is_not(None)))
+
+
+def forget(*where) -> int:
+    """Remove the outbox rows matching `where` (an erased account's, or past
+    the retention window). Returns how many rows went or were emptied.
+
+    A notice that went out stays as the proof that it did: its row keeps its
+    id, kind and delivery times, with the address, subject, body and account
+    emptied. Every other matching row is deleted, and a notice row pointing at
+    unsent mail that goes stops pointing at it. The caller commits.
+    """
+    finished = sa.or_(OutboxMessage.sent_at.is_not(None), OutboxMessage.failed_at.is_not(None))
+    proof = sa.and_(finished, OutboxMessage.id.in_(_notice_mail()))
+    matching = sa.and_(*where, OutboxMessage.to_addr != "")  # "" : already emptied
+    emptied = db.session.execute(
+        sa.update(OutboxMessage).where(matching, proof)
+        .values(to_addr="", subject="", body_text="", user_id=None, last_error=None)
+        .execution_options(synchronize_session=False)).rowcount
+    doomed = sa.select(OutboxMessage.id).where(matching, sa.not_(proof))
+    for model in (IncidentNotice, PolicyNotice):
+        db.session.execute(sa.update(model).where(model.outbox_message_id.in_(doomed))
+                           .values(outbox_message_id=None).execution_options(synchronize_session=False))
+    deleted = db.session.execute(sa.delete(OutboxMessage).where(matching, sa.not_(proof))
+                                 .execution_options(synchronize_session=False)).rowcount
+    return emptied + deleted
+
+
+def forget_account(user_id: int) -> int:
+    """Erasure (P52): the account's mail goes, sent or not; unsent mail is
+    never delivered to an address whose account no longer exists."""
+    return forget(OutboxMessage.user_id == user_id)
+
+
+def retention_cutoff(now: datetime) -> datetime:
+    return now - timedelta(days=policy.enforced("MAIL_RETENTION_DAYS", now))
+
+
+def prune(now: datetime) -> int:
+    """Retention (P60): sent or failed mail older than MAIL_RETENTION_DAYS
+    (the window of the policy in effect) goes. Mail still waiting to be sent
+    stays until it is sent or fails for good. The caller commits."""
+    cutoff = retention_cutoff(now)
+    return forget(sa.or_(OutboxMessage.sent_at < cutoff, OutboxMessage.failed_at < cutoff))
 
 
 class MailWorker(BackgroundWorker):

@@ -44,7 +44,7 @@ BATCH = 200
 POLICY_SETTINGS = (
     "SITE_NAME", "COMPANY_NAME", "PRIVACY_CONTACT", "MIN_AGE", "SUB_PROCESSORS",
     "METADATA_RETENTION_DAYS", "AGGREGATE_RETENTION_MONTHS", "AUDIT_RETENTION_DAYS",
-    "BILLING_RETENTION_YEARS", "MAGIC_LINK_MINUTES",
+    "MAIL_RETENTION_DAYS", "BILLING_RETENTION_YEARS", "MAGIC_LINK_MINUTES",
 )
 
 # How each setting moves when a change is material (needs notice):
@@ -52,7 +52,8 @@ POLICY_SETTINGS = (
 MATERIAL_WHEN = {
     "SITE_NAME": "any", "COMPANY_NAME": "any", "PRIVACY_CONTACT": None, "MIN_AGE": "down",
     "SUB_PROCESSORS": "added", "METADATA_RETENTION_DAYS": "up", "AGGREGATE_RETENTION_MONTHS": "up",
-    "AUDIT_RETENTION_DAYS": "up", "BILLING_RETENTION_YEARS": "up", "MAGIC_LINK_MINUTES": "up",
+    "AUDIT_RETENTION_DAYS": "up", "MAIL_RETENTION_DAYS": "up", "BILLING_RETENTION_YEARS": "up",
+    "MAGIC_LINK_MINUTES": "up",
 }
 
 LABELS = {
@@ -60,6 +61,7 @@ LABELS = {
     "PRIVACY_CONTACT": "Privacy contact", "MIN_AGE": "Minimum age",
     "SUB_PROCESSORS": "Sub-processors", "METADATA_RETENTION_DAYS": "Per-request metadata kept (days)",
     "AGGREGATE_RETENTION_MONTHS": "Daily totals kept (months)", "AUDIT_RETENTION_DAYS": "Audit log kept (days)",
+    "MAIL_RETENTION_DAYS": "Sent emails kept (days)",
     "BILLING_RETENTION_YEARS": "Billing records kept (years)",
     "MAGIC_LINK_MINUTES": "Sign-in link valid (minutes)",
 }
@@ -77,6 +79,8 @@ class Change:
         return LABELS.get(self.key, self.key)
 
     def show(self, value) -> str:
+        if value is None:
+            return "not stated"
         return "; ".join(value) if isinstance(value, list) else str(value)
 
 
@@ -105,11 +109,21 @@ class Draft:
 
 
 def classify(old: dict, new: dict) -> list[Change]:
+    """What changes between two versions' settings, each marked material or not.
+
+    A setting the old version did not state yet (one added to the policy since)
+    is a change too. A retention window stated for the first time protects
+    people (before, nothing promised the data would ever go), so it is not
+    material; any other new setting is, unless that setting never is.
+    """
     changes = []
     for key in POLICY_SETTINGS:
-        if key not in old or old[key] == new[key]:
+        rule, a, b = MATERIAL_WHEN.get(key, "any"), old.get(key), new[key]
+        if key not in old:
+            changes.append(Change(key, None, b, rule not in ("up", None)))
             continue
-        rule, a, b = MATERIAL_WHEN.get(key, "any"), old[key], new[key]
+        if a == b:
+            continue
         if rule == "up":
             material = b > a
         elif rule == "down":
