@@ -124,11 +124,11 @@ def _timed_medians(app, url: str, known: str, unknown: str, rounds: int = 12) ->
     return statistics.median(times[known]), statistics.median(times[unknown])
 
 
-@pytest.mark.parametrize("url, subject", [
-    pytest.param("/forgot", "Reset your password", id="forgot"),
-    pytest.param("/login/link", "sign-in link", id="magic-link", marks=pytest.mark.promise("P05")),
+@pytest.mark.parametrize("url", [
+    pytest.param("/forgot", id="forgot"),
+    pytest.param("/login/link", id="magic-link", marks=pytest.mark.promise("P05")),
 ])
-def test_known_and_unknown_addresses_take_the_same_time(make_app, users, url, subject):
+def test_known_and_unknown_addresses_take_the_same_time(make_app, users, url):
     app = make_app(RATELIMIT_AUTH="10000 per minute")
     users.create(email="ada@example.com")
 
