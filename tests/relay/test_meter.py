@@ -267,3 +267,37 @@ def test_an_unreadable_spool_line_is_quarantined_without_its_content(make_app, t
         assert sorted(x.error_class for x in q) == ["unreadable_line", "unreadable_model"]
         dump = repr([vars(x) for x in q])
     assert CANARY not in dump
+
+
+def spooled(app, request_id: str) -> bool:
+    from pathlib import Path
+    return any(request_id.encode() in p.read_bytes()
+               for p in Path(app.config["USAGE_SPOOL_DIR"]).glob("usage-*.log"))
+
+
+@pytest.mark.promise("P22")
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions", {"model": "gpt-test", "stream": True, "messages": HELLO}),
+    ("/v1/chat/completions", {"model": "claude-test", "stream": True, "messages": HELLO}),
+    ("/v1/messages", {"model": "claude-test", "stream": True, "max_tokens": 50, "messages": HELLO}),
+    ("/v1/messages", {"model": "gpt-test", "stream": True, "max_tokens": 50, "messages": HELLO}),
+    ("/v1/chat/completions", {"model": "gpt-test", "messages": HELLO}),
+])
+def test_the_row_is_on_disk_before_the_client_has_the_last_byte(relay, path, body):
+    """A stream's row is spooled before the event that ends it for the client
+    ([DONE] or message_stop), a whole answer's before its first byte: when the
+    client knows it has its answer, a SIGKILL can no longer lose the row."""
+    headers = {"Authorization": f"Bearer {relay.key}", "anthropic-version": "2023-06-01"}
+    with httpx.Client(timeout=10) as client:
+        with client.stream("POST", relay.url + path, json=body, headers=headers) as resp:
+            assert resp.status_code == 200
+            rid = resp.headers["x-request-id"]
+            if not body.get("stream"):
+                assert spooled(relay.app, rid)
+                return
+            last = None
+            for line in resp.iter_lines():
+                if line in ("data: [DONE]", "event: message_stop"):
+                    last = line
+                    assert spooled(relay.app, rid), f"the row was not spooled when {line!r} arrived"
+            assert last is not None
