@@ -4,7 +4,8 @@ hours of confirmation.
 
 Notices are queued in batches, each batch committed with its notice rows, so a
 run that stops half way resumes where it stopped (`queue_notices` again) and
-never mails a person twice (one notice row per person and incident).
+never mails a person twice (one notice row per person and incident, claimed
+by whichever caller flips its queued_at first).
 """
 from __future__ import annotations
 
@@ -90,34 +91,52 @@ def record(staff: User, *, title: str, description: str, confirmed_at: datetime,
 
 def queue_notices(staff: User | None, inc: Incident, now: datetime | None = None) -> int:
     """Queue the notice mail for every affected person not yet queued, a batch
-    per commit. Returns how many were queued by this call."""
+    per commit. Returns how many were queued by this call.
+
+    Safe to run twice at once (a double click, two server processes): each
+    notice is claimed by one conditional UPDATE that only one caller wins, in
+    the transaction that queues its mail, so nobody is mailed twice; the
+    start and the end of the mailing are claimed the same way, so each is
+    recorded once."""
     now = now or utcnow()
-    if inc.notices_started_at is None:
-        inc.notices_started_at = now
+    if _claim(inc, Incident.notices_started_at, now):
         record_event(staff, "incident:notices:started", subject=None, incident=inc.id)
-        db.session.commit()
+    db.session.commit()
     queued = 0
     while True:
         batch = db.session.execute(
-            sa.select(IncidentNotice, User).join(User, User.id == IncidentNotice.user_id)
+            sa.select(IncidentNotice.id, User).join(User, User.id == IncidentNotice.user_id)
             .where(IncidentNotice.incident_id == inc.id, IncidentNotice.queued_at.is_(None))
             .order_by(IncidentNotice.id).limit(BATCH)).all()
         if not batch:
             break
-        for notice, user in batch:
+        for notice_id, user in batch:
+            won = db.session.execute(
+                sa.update(IncidentNotice).where(IncidentNotice.id == notice_id, IncidentNotice.queued_at.is_(None))
+                .values(queued_at=utcnow()).execution_options(synchronize_session=False)).rowcount
+            if not won:  # another caller queued this one
+                continue
             msg = mail.queue(user.email, "incident_notice", inc.notice_subject, "incident_notice", user=user,
                              incident=inc, body=inc.notice_body)
             db.session.flush()
-            notice.outbox_message_id = msg.id
-            notice.queued_at = utcnow()
+            db.session.execute(sa.update(IncidentNotice).where(IncidentNotice.id == notice_id)
+                               .values(outbox_message_id=msg.id).execution_options(synchronize_session=False))
             queued += 1
         db.session.commit()
     # Accounts erased since the incident was recorded have no address left: nothing to send.
-    if inc.notices_queued_at is None:
-        inc.notices_queued_at = utcnow()
-        record_event(staff, "incident:notices:queued", subject=None, incident=inc.id, queued=queued)
-        db.session.commit()
+    if _claim(inc, Incident.notices_queued_at, utcnow()):
+        total = db.session.scalar(sa.select(sa.func.count()).select_from(IncidentNotice).where(
+            IncidentNotice.incident_id == inc.id, IncidentNotice.queued_at.is_not(None)))
+        record_event(staff, "incident:notices:queued", subject=None, incident=inc.id, queued=total)
+    db.session.commit()
     return queued
+
+
+def _claim(inc: Incident, column, now: datetime) -> bool:
+    """Set a still-empty timestamp of the incident; True for the one caller that did."""
+    won = db.session.execute(sa.update(Incident).where(Incident.id == inc.id, column.is_(None))
+                             .values({column: now}).execution_options(synchronize_session=False)).rowcount
+    return won == 1
 
 
 @dataclass

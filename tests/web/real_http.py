@@ -11,6 +11,7 @@ import http.client
 import threading
 import time
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 
@@ -65,6 +66,13 @@ class Browser:
                         self.cookies[name] = morsel.value
         return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, text)
 
+    def on(self, base_url: str) -> "Browser":
+        """The same browser (one cookie jar) talking to another server of the
+        same deployment: a second process behind the same load balancer."""
+        other = Browser(base_url)
+        other.cookies, other._lock = self.cookies, self._lock
+        return other
+
     def get(self, path: str, **kw) -> Response:
         return self.request("GET", path, **kw)
 
@@ -82,3 +90,15 @@ class Browser:
     def login(self, email: str, password: str) -> None:
         resp = self.post("/login", {"email": email, "password": password})
         assert resp.status == 302, (resp.status, resp.text[:500])
+
+
+def at_once(*calls):
+    """Run the calls in threads released together by a barrier; their results in order."""
+    barrier = threading.Barrier(len(calls))
+
+    def run(call):
+        barrier.wait()
+        return call()
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return [f.result() for f in [pool.submit(run, c) for c in calls]]

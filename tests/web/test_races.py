@@ -1,0 +1,290 @@
+"""Invariants that two requests can race, raced for real: two clicks at once
+as threads of one process (the test client), and as two server processes of
+one deployment (tests/served.py, each as `make run` serves it) behind which
+one browser's requests land on either, on SQLite and on PostgreSQL.
+
+- an incident's notices (P63): one notice, one mail per person, however many
+  clicks on "Send notices";
+- one export in flight per person (P51);
+- key rotation (P10): two rotations of one key leave exactly one working
+  secret, and no response shows a secret that does not work.
+
+(The audit chain has its own file, test_audit_concurrency.py; the usage
+writer is raced in tests/relay/.)
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+import sqlalchemy as sa
+
+from app.extensions import db
+from app.models import ApiKey, AuditEvent, DataExport, IncidentNotice, OutboxMessage, User
+from app.models.types import utcnow
+from app.services import incidents, keys
+from tests.conftest import Forms
+from tests.served import Served
+from tests.web.real_http import Browser, at_once
+
+EMAIL = "ada@example.com"
+STAFF = "staff@example.com"
+PEOPLE = [f"p{i:02d}@example.com" for i in range(40)]
+KEY_RE = re.compile(r'id="new-key"[^>]*>(rk_[A-Za-z0-9_-]{40})<')
+
+
+@pytest.fixture(scope="module")
+def servers(database_url, smtp, tmp_path_factory):
+    """Two server processes on the suite's database, one worker each, so two
+    requests sent to them are certainly handled by two processes."""
+    env = {"RATELIMIT_AUTH": "1000 per minute", "RATELIMIT_EXPORT_REQUEST": "1000 per day",
+           "MAIL_TRANSPORT": "smtp", "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp.port)}
+    started = []
+    try:
+        for name in ("a", "b"):
+            started.append(Served(database_url, tmp_path_factory.mktemp(f"served-{name}"), workers=1,
+                                  **env).start())
+        yield started
+    finally:
+        for server in started:
+            server.stop()
+
+
+def count(app, model, *where) -> int:
+    with app.app_context():
+        return db.session.scalar(sa.select(sa.func.count()).select_from(model).where(*where)) or 0
+
+
+def same_browser_in_threads(app, client):
+    """A function making clients that carry `client`'s cookie as it is now
+    (so after the page that gave the CSRF token): one browser's clicks
+    arriving on several threads."""
+    cookie = client.get_cookie("session").value
+
+    def make():
+        c = app.test_client()
+        c.set_cookie("session", cookie)
+        return c
+    return make
+
+
+# ---- incident notices (P63) -----------------------------------------------------------
+
+@pytest.fixture
+def incident(app, users):
+    """An incident affecting 40 people and the staff member, recorded, not yet sent."""
+    for addr in PEOPLE:
+        users.create(addr)
+    staff = users.create(STAFF, staff=True)
+    with app.app_context(), app.test_request_context():
+        inc = incidents.record(db.session.get(User, staff), title="Leaked log", description="A log was readable.",
+                               confirmed_at=utcnow(), scope=incidents.Scope("all"),
+                               notice_subject="Security notice about your account",
+                               notice_body="Your address was in a log file.")
+        db.session.commit()
+        return inc.id
+
+
+def assert_one_notice_each(app, mail, inc_id: int) -> None:
+    with app.app_context():
+        per_addr = dict(db.session.execute(
+            sa.select(OutboxMessage.to_addr, sa.func.count()).where(OutboxMessage.kind == "incident_notice")
+            .group_by(OutboxMessage.to_addr)).all())
+        linked = db.session.scalar(sa.select(sa.func.count(sa.distinct(IncidentNotice.outbox_message_id)))
+                                   .where(IncidentNotice.incident_id == inc_id))
+    assert per_addr == {addr: 1 for addr in [*PEOPLE, STAFF]}, "someone's notice was queued twice"
+    assert linked == len(PEOPLE) + 1
+    mail.deliver()
+    for addr in PEOPLE:
+        assert [m["Subject"] for m in mail.mailbox.to(addr)] == ["Security notice about your account"]
+    for event in ("incident:notices:started", "incident:notices:queued"):
+        assert count(app, AuditEvent, AuditEvent.event == event) == 1, event
+
+
+@pytest.mark.promise("P63")
+def test_a_double_click_on_send_queues_each_notice_once(app, client, login, incident, mail):
+    login(STAFF)
+    page = f"/staff/incidents/{incident}"
+    token = Forms(client).token(page)
+    browser = same_browser_in_threads(app, client)
+
+    def click():
+        return browser().post(f"{page}/notify", data={"csrf_token": token}).status_code
+
+    assert at_once(click, click, click) == [302, 302, 302]
+    assert_one_notice_each(app, mail, incident)
+
+
+@pytest.mark.promise("P63")
+def test_two_server_processes_sending_at_once_queue_each_notice_once(app, users, incident, servers, mail):
+    a, b = servers
+    staff = Browser(a.url)
+    staff.login(STAFF, users.password)
+    page = f"/staff/incidents/{incident}"
+    token = staff.token(page)
+    other = staff.on(b.url)
+    res = at_once(lambda: staff.post(f"{page}/notify", token=token), lambda: other.post(f"{page}/notify", token=token))
+    assert [r.status for r in res] == [302, 302]
+    assert_one_notice_each(app, mail, incident)
+    assert "all 41 sent within 72 hours" in staff.get(page).text
+
+
+# ---- one export in flight (P51) -------------------------------------------------------
+
+def exports_of(app, uid: int) -> list[str]:
+    with app.app_context():
+        return list(db.session.scalars(sa.select(DataExport.status).where(DataExport.user_id == uid)))
+
+
+@pytest.mark.promise("P51")
+def test_export_requests_on_many_threads_at_once_leave_one_export(app, client, users, login):
+    uid = users.create(EMAIL)
+    login(EMAIL)
+    token = Forms(client).token("/privacy-center/export/")
+    browser = same_browser_in_threads(app, client)
+
+    def click():
+        return browser().post("/privacy-center/export/", data={"csrf_token": token}).status_code
+
+    assert at_once(*[click] * 4) == [302] * 4
+    assert exports_of(app, uid) == ["queued"]
+    assert client.get("/privacy-center/export/").get_data(as_text=True).count(">Waiting to start</span>") == 1
+
+
+@pytest.mark.promise("P51")
+def test_export_requests_at_once_on_two_server_processes_leave_one_export(app, users, servers):
+    uid = users.create(EMAIL)
+    a, b = servers
+    person = Browser(a.url)
+    person.login(EMAIL, users.password)
+    token = person.token("/privacy-center/export/")
+    other = person.on(b.url)
+    res = at_once(*[lambda br=br: br.post("/privacy-center/export/", token=token) for br in (person, other) * 2])
+    assert [r.status for r in res] == [302] * 4
+    assert exports_of(app, uid) == ["queued"]
+    assert other.get("/privacy-center/export/").text.count(">Waiting to start</span>") == 1
+
+
+# ---- key rotation (P10) ---------------------------------------------------------------
+
+def a_key(app, users, n: int = 1) -> tuple[list[int], str]:
+    """`n` keys of one person; the ids and the first key's secret."""
+    uid = users.create(EMAIL)
+    with app.app_context():
+        made = [keys.create(db.session.get(User, uid), f"ci runner {i}") for i in range(n)]
+        db.session.commit()
+        return [k.id for k, _ in made], made[0][1]
+
+
+def stored_secret(app, key_id: int) -> str | None:
+    """What "reveal" would open: the secret in the key's envelope, if any."""
+    from app.services.crypto import envelope_decrypt
+
+    with app.app_context():
+        key = db.session.get(ApiKey, key_id)
+        if key.secret_ciphertext is None:
+            return None
+        return envelope_decrypt(key.secret_ciphertext, key.wrapped_data_key, f"api_key:{key.id}")
+
+
+def check_rotations(app, key_id: int, old: str, results: list[tuple[int, str]], works) -> None:
+    """After rotations racing each other: the old secret is dead, exactly one
+    secret works, it is one a response showed, it is the one in the key's
+    envelope, and every secret shown is a rotation the audit log records
+    (a later one replaced it), never one that silently lost."""
+    assert all(status in (200, 302) for status, _ in results), [status for status, _ in results]
+    shown = [s for _, page in results for s in KEY_RE.findall(page)]
+    assert shown and not works(old)
+    working = [s for s in shown if works(s)]
+    assert len(working) == 1, f"{len(working)} of the {len(shown)} secrets shown work"
+    assert stored_secret(app, key_id) == working[0], "the envelope holds another secret than the one that works"
+    assert count(app, AuditEvent, AuditEvent.event == "account:api_key:rotated") == len(shown)
+
+
+@pytest.mark.promise("P10")
+def test_two_rotations_at_once_leave_one_working_secret(app, client, users, login):
+    [key_id], old = a_key(app, users)
+    login(EMAIL)
+    url = f"/keys/{key_id}/rotate"
+    token = Forms(client).token(url)
+    browser = same_browser_in_threads(app, client)
+
+    def rotate():
+        resp = browser().post(url, data={"csrf_token": token})
+        return resp.status_code, resp.get_data(as_text=True)
+
+    def works(raw: str) -> bool:
+        return client.get("/v1/models", headers={"Authorization": f"Bearer {raw}"}).status_code == 200
+
+    check_rotations(app, key_id, old, at_once(rotate, rotate), works)
+
+
+def works_everywhere(browsers):
+    def works(raw: str) -> bool:
+        # Both processes must agree, whichever one the SDK's next request reaches.
+        answers = {br.get("/v1/models", headers={"Authorization": f"Bearer {raw}"}).status for br in browsers}
+        assert len(answers) == 1, answers
+        return answers == {200}
+    return works
+
+
+@pytest.mark.promise("P10")
+def test_two_rotations_at_once_on_two_server_processes_leave_one_working_secret(app, users, servers):
+    [key_id], old = a_key(app, users)
+    a, b = servers
+    person = Browser(a.url)
+    person.login(EMAIL, users.password)
+    url = f"/keys/{key_id}/rotate"
+    token = person.token(url)
+    other = person.on(b.url)
+    res = at_once(lambda: person.post(url, token=token), lambda: other.post(url, token=token))
+    check_rotations(app, key_id, old, [(r.status, r.text) for r in res], works_everywhere((person, other)))
+
+
+ROTATE_REVOKE = ("keys.rotate() writes the new secret with an unconditional ORM UPDATE: a rotation that read "
+                 "the key before a revoke committed refills the revoked key's envelope and shows a secret that "
+                 "never works. Fix proposed in the report: a conditional UPDATE ... WHERE id = :id AND "
+                 "lookup_hash = :read AND revoked_at IS NULL, refused when it matches no row.")
+
+
+@pytest.mark.promise("P10", "P53")
+@pytest.mark.xfail(strict=True, reason=ROTATE_REVOKE)
+def test_a_rotation_racing_a_revoke_never_shows_a_dead_secret_or_refills_the_envelope(app, client, users, login,
+                                                                                     monkeypatch):
+    """The rotation is held after it read the key until the revoke has
+    committed: the interleaving two processes produce by chance, made certain."""
+    import threading
+
+    [key_id], old = a_key(app, users)
+    login(EMAIL)
+    rotate_url, revoke_url = f"/keys/{key_id}/rotate", f"/keys/{key_id}/revoke"
+    rotate_token, revoke_token = Forms(client).token(rotate_url), Forms(client).token(revoke_url)
+    browser = same_browser_in_threads(app, client)
+    revoked, reading = threading.Event(), threading.Event()
+    new_secret = keys._new_secret
+
+    def held_new_secret():
+        reading.set()
+        assert revoked.wait(10)
+        return new_secret()
+
+    monkeypatch.setattr(keys, "_new_secret", held_new_secret)
+
+    def rotate():
+        resp = browser().post(rotate_url, data={"csrf_token": rotate_token})
+        return resp.status_code, resp.get_data(as_text=True)
+
+    def revoke():
+        assert reading.wait(10)
+        status = browser().post(revoke_url, data={"csrf_token": revoke_token}).status_code
+        revoked.set()
+        return status, ""
+
+    (rot_status, rot_page), (rev_status, _) = at_once(rotate, revoke)
+    assert rev_status == 302
+    with app.app_context():
+        key = db.session.get(ApiKey, key_id)
+        assert key.revoked_at is not None
+        assert key.secret_ciphertext is None and key.wrapped_data_key is None, "a revoked key's envelope was refilled"
+    assert not KEY_RE.findall(rot_page), "the rotation showed a secret for a key revoked before it was stored"
+    assert rot_status == 302
