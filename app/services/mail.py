@@ -71,7 +71,9 @@ def _build(app: Flask, row: OutboxMessage) -> EmailMessage:
     em["Date"] = formatdate(localtime=False)
     em["Message-ID"] = make_msgid(domain="relay.local")
     em["Auto-Submitted"] = "auto-generated"
-    extra = consent_links.list_unsubscribe_headers(row.to_addr)
+    # Mail tied to no account (an erased one's receipt) withdraws nobody's
+    # consent: the address may have a new owner by the time it goes.
+    extra = consent_links.list_unsubscribe_headers(row.to_addr) if row.user_id is not None else {}
     if extra:
         # Stored as given, on one line each: folded, a long URL would turn into an
         # RFC 2047 encoded word that no mail client reads as a link.
