@@ -38,14 +38,18 @@ def _new_secret() -> str:
     return current_app.config["KEY_PREFIX"] + secrets.token_urlsafe(30)
 
 
-def _store_secret(key: ApiKey, raw: str) -> None:
-    key.lookup_hash = hash_key(raw)
-    key.prefix = raw[: len(current_app.config["KEY_PREFIX"]) + 4]
-    key.last4 = raw[-4:]
+def _secret_values(key_id: int, raw: str) -> dict:
+    """The columns that hold (what we keep of) a secret."""
+    values = {"lookup_hash": hash_key(raw), "prefix": raw[: len(current_app.config["KEY_PREFIX"]) + 4],
+              "last4": raw[-4:], "secret_ciphertext": None, "wrapped_data_key": None}
     if current_app.config["KEY_REVEAL"]:
-        key.secret_ciphertext, key.wrapped_data_key = envelope_encrypt(raw, f"api_key:{key.id}")
-    else:
-        key.secret_ciphertext = key.wrapped_data_key = None
+        values["secret_ciphertext"], values["wrapped_data_key"] = envelope_encrypt(raw, f"api_key:{key_id}")
+    return values
+
+
+def _store_secret(key: ApiKey, raw: str) -> None:
+    for name, value in _secret_values(key.id, raw).items():
+        setattr(key, name, value)
 
 
 def _check_name(name: str) -> str:
@@ -145,9 +149,18 @@ def rotate(user: User, key_id: int) -> tuple[ApiKey, str]:
     if key.state() == "expired":
         # A new secret would be born expired; a new key gets a new expiry.
         raise ServiceError("An expired key cannot be rotated. Create a new one.")
+    old_hash = key.lookup_hash
     raw = _new_secret()
-    _store_secret(key, raw)
-    key.rotated_at = utcnow()
+    # Conditional on the key being as we read it: a revoke or another rotation
+    # that committed meanwhile (another tab, another server process) wins, and
+    # this one shows no secret rather than one that never works or refills a
+    # revoked key's envelope.
+    won = db.session.execute(
+        sa.update(ApiKey).where(ApiKey.id == key.id, ApiKey.revoked_at.is_(None), ApiKey.lookup_hash == old_hash)
+        .values(**_secret_values(key.id, raw), rotated_at=utcnow())).rowcount
+    if not won:
+        raise ServiceError("This key was rotated or revoked meanwhile, in another window. Check the list below.")
+    db.session.refresh(key)
     record_event(user, "account:api_key:rotated", key_id=key.id)
     return key, raw
 

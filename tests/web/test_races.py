@@ -241,14 +241,7 @@ def test_two_rotations_at_once_on_two_server_processes_leave_one_working_secret(
     check_rotations(app, key_id, old, [(r.status, r.text) for r in res], works_everywhere((person, other)))
 
 
-ROTATE_REVOKE = ("keys.rotate() writes the new secret with an unconditional ORM UPDATE: a rotation that read "
-                 "the key before a revoke committed refills the revoked key's envelope and shows a secret that "
-                 "never works. Fix proposed in the report: a conditional UPDATE ... WHERE id = :id AND "
-                 "lookup_hash = :read AND revoked_at IS NULL, refused when it matches no row.")
-
-
 @pytest.mark.promise("P10", "P53")
-@pytest.mark.xfail(strict=True, reason=ROTATE_REVOKE)
 def test_a_rotation_racing_a_revoke_never_shows_a_dead_secret_or_refills_the_envelope(app, client, users, login,
                                                                                      monkeypatch):
     """The rotation is held after it read the key until the revoke has
