@@ -12,3 +12,8 @@ def _under_flask_cli() -> bool:
 
 # The flask CLI (`flask db upgrade`) needs Alembic; a server's workers do not.
 app = create_app(migrations=_under_flask_cli())
+
+if not _under_flask_cli():
+    # A server process replays the usage spool of any process that died before
+    # it (a killed worker's rows) from its first request on, relay or portal.
+    app.extensions["meter"].start_with(app)
