@@ -563,9 +563,9 @@ def outbox(app) -> list[OutboxMessage]:
 
 def test_mail_in_a_rolled_back_transaction_is_never_sent(app, mail):
     with app.app_context():
-        mail_service.queue("ghost@example.com", "test:rollback", "Never sent", "notice_2fa", what="on")
+        mail_service.queue("ghost@example.com", "test:rollback", "Never sent", "notice_2fa", user=None, what="on")
         db.session.rollback()
-        mail_service.queue("real@example.com", "test:commit", "Sent", "notice_2fa", what="on")
+        mail_service.queue("real@example.com", "test:commit", "Sent", "notice_2fa", user=None, what="on")
         db.session.commit()
     assert mail.deliver() == 1
     assert mail.to("ghost@example.com") == []
@@ -577,7 +577,7 @@ def test_mail_waits_while_smtp_is_down_then_goes_once(make_app, smtp):
     closed = free_port()  # bound and released: nothing listens there
     app = make_app(SMTP_PORT=str(closed))
     with app.app_context():
-        mail_service.queue("patient@example.com", "test:retry", "Eventually", "notice_2fa", what="on")
+        mail_service.queue("patient@example.com", "test:retry", "Eventually", "notice_2fa", user=None, what="on")
         db.session.commit()
         assert mail_service.deliver_pending(app) == 0
 
@@ -608,7 +608,7 @@ def test_mail_waits_while_smtp_is_down_then_goes_once(make_app, smtp):
 def test_mail_gives_up_after_max_attempts(make_app):
     app = make_app(SMTP_PORT=str(free_port()), MAIL_MAX_ATTEMPTS="2")
     with app.app_context():
-        mail_service.queue("lost@example.com", "test:fail", "Lost", "notice_2fa", what="on")
+        mail_service.queue("lost@example.com", "test:fail", "Lost", "notice_2fa", user=None, what="on")
         db.session.commit()
         for _ in range(2):
             db.session.execute(sa.update(OutboxMessage).values(next_attempt_at=utcnow() - timedelta(seconds=1)))
