@@ -49,9 +49,11 @@ def create_app(overrides: dict[str, Any] | None = None, migrations: bool = True)
     login_manager.init_app(app)
 
     from app import models  # noqa: F401  (the whole schema, for Alembic)
-    from app import errors, security, web
+    from app import errors, inputs, numbers, security, web
     from app.services import mail
 
+    numbers.init_app(app)  # the strict <int:...> converter, before any blueprint adds a rule
+    inputs.init_app(app)   # named form fields only; no NUL in a query parameter
     security.init_app(app)
     errors.init_app(app)
     web.init_app(app)

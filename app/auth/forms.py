@@ -1,16 +1,12 @@
 """Forms for signing up, in and out. Messages are the ones a person sees."""
-from flask_wtf import FlaskForm
 from wtforms import BooleanField, EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, EqualTo, InputRequired, ValidationError
 
+from app.forms import EmptyForm, Form  # noqa: F401  (EmptyForm: imported from here by the views)
 from app.services import policy
 
 
-class EmptyForm(FlaskForm):
-    """A submit-only form: every state-changing button still carries CSRF."""
-
-
-class SignupForm(FlaskForm):
+class SignupForm(Form):
     email = EmailField("Email", validators=[DataRequired("Enter your email address.")])
     password = PasswordField("Password", validators=[InputRequired("Choose a password.")])
     age_ok = BooleanField("I am old enough")
@@ -27,22 +23,22 @@ class SignupForm(FlaskForm):
             raise ValidationError("Please accept the privacy policy to continue.")
 
 
-class LoginForm(FlaskForm):
+class LoginForm(Form):
     email = EmailField("Email", validators=[DataRequired("Enter your email address.")])
     password = PasswordField("Password", validators=[InputRequired("Enter your password.")])
 
 
-class CodeForm(FlaskForm):
+class CodeForm(Form):
     code = StringField("Authentication code", validators=[DataRequired("Enter the code.")],
                        render_kw={"autocomplete": "one-time-code", "inputmode": "numeric",
                                   "autocapitalize": "off", "spellcheck": "false"})
 
 
-class EmailOnlyForm(FlaskForm):
+class EmailOnlyForm(Form):
     email = EmailField("Email", validators=[DataRequired("Enter your email address.")])
 
 
-class NewPasswordForm(FlaskForm):
+class NewPasswordForm(Form):
     password = PasswordField("New password", validators=[InputRequired("Choose a new password.")])
     confirm = PasswordField("Repeat the new password",
                             validators=[EqualTo("password", "The two passwords do not match.")])

@@ -1,13 +1,14 @@
 """Forms for asking to delete an account: a typed word and a ticked box, so a
 stray click cannot start it."""
-from flask_wtf import FlaskForm
 from wtforms import BooleanField, StringField
 from wtforms.validators import ValidationError
+
+from app.forms import Form
 
 CONFIRM_WORD = "DELETE"
 
 
-class DeleteRequestForm(FlaskForm):
+class DeleteRequestForm(Form):
     word = StringField(f"Type {CONFIRM_WORD} to confirm",
                        render_kw={"autocomplete": "off", "autocapitalize": "characters", "spellcheck": "false"})
     understand = BooleanField("I understand that my account, keys and personal data will be erased "

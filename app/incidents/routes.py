@@ -6,14 +6,15 @@ from datetime import timedelta, timezone
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
-from flask_wtf import FlaskForm
 from wtforms import DateTimeLocalField, RadioField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length, Optional, ValidationError
 
 from app.auth.forms import EmptyForm
 from app.extensions import db
+from app.forms import Form
 from app.models import Incident
 from app.models.types import utcnow
+from app.numbers import page_number
 from app.services import ServiceError
 from app.services import incidents as svc
 from app.services.audit import record_event
@@ -30,7 +31,7 @@ def _staff_only():
     pass
 
 
-class IncidentForm(FlaskForm):
+class IncidentForm(Form):
     title = StringField("Title", validators=[DataRequired("Give the incident a short title."), Length(max=200)])
     description = TextAreaField("What happened (internal record)",
                                 validators=[DataRequired("Describe what happened."), Length(max=20000)])
@@ -103,7 +104,7 @@ def show(incident_id: int):
     inc = db.session.get(Incident, incident_id) or abort(404)
     s = svc.summary(inc)
     pages = max(1, math.ceil(s["total"] / NOTICES_PER_PAGE))
-    page = min(max(1, request.args.get("page", 1, type=int)), pages)
+    page = page_number(request.args.get("page"), last=pages)
     record_event(current_user, "staff:incident:viewed", subject=None, incident=inc.id)
     db.session.commit()
     return render_template("incidents/show.html", inc=inc, s=s, page=page, pages=pages,

@@ -6,9 +6,11 @@ import re
 from datetime import date, datetime, timedelta, timezone
 
 from flask import current_app
-from flask_wtf import FlaskForm
 from wtforms import PasswordField, StringField, TextAreaField
 from wtforms.validators import DataRequired, InputRequired, Length, ValidationError
+
+from app.forms import Form
+from app.numbers import parse_int
 
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,99}$")
 MAX_MODELS = 50
@@ -29,15 +31,15 @@ def _limit(field, what: str) -> int | None:
     raw = (field.data or "").strip().replace(",", "").replace("_", "")
     if not raw:
         return None
-    if not raw.isdigit():
+    value = parse_int(raw, maximum=2**63 - 1)
+    if value is None:
         raise ValidationError(f"{what} must be a whole number, or empty for the account's limit.")
-    value = int(raw)
     if not 1 <= value <= MAX_LIMIT:
         raise ValidationError(f"{what} must be between 1 and {MAX_LIMIT:,}, or empty for the account's limit.")
     return value
 
 
-class CreateKeyForm(FlaskForm):
+class CreateKeyForm(Form):
     name = StringField("Name", validators=[
         DataRequired("Give the key a name, such as the app that will use it."),
         Length(max=100, message="Use at most 100 characters for the name.")],
@@ -98,13 +100,13 @@ class CreateKeyForm(FlaskForm):
         self.tpm = _limit(field, "Tokens per minute")
 
 
-class RenameKeyForm(FlaskForm):
+class RenameKeyForm(Form):
     name = StringField("Name", validators=[
         DataRequired("Give the key a name, such as the app that will use it."),
         Length(max=100, message="Use at most 100 characters for the name.")])
 
 
-class RevealForm(FlaskForm):
+class RevealForm(Form):
     """Reveal asks for the password every time (P11), not only outside the
     re-authentication window: holding a session is not knowing the password."""
     password = PasswordField("Your password", validators=[InputRequired("Enter your password.")])

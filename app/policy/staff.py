@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
-from flask_wtf import FlaskForm
 from wtforms import BooleanField, DateField, HiddenField, TextAreaField
 from wtforms.validators import DataRequired, Length
 import sqlalchemy as sa
 
 from app.auth.forms import EmptyForm
 from app.extensions import db
+from app.forms import Form
 from app.models import PolicyVersion
 from app.models.types import utcnow
 from app.services import policy
@@ -31,7 +31,7 @@ def _staff_only():
     pass
 
 
-class PublishForm(FlaskForm):
+class PublishForm(Form):
     summary = TextAreaField("What changes, in plain words (goes into the email and the banner)",
                             validators=[DataRequired("Say what changes; people read this first."),
                                         Length(max=4000)])

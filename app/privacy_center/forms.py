@@ -1,11 +1,11 @@
 """Forms of the privacy center. Each bad input gets its own message next to its field."""
 from __future__ import annotations
 
-from flask_wtf import FlaskForm
 from wtforms import HiddenField, RadioField, SelectField, TextAreaField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import AnyOf, InputRequired, Length, ValidationError
 
+from app.forms import Form
 from app.privacy_center.prefs import RANGES, THEMES
 from app.services.privacy import KIND_LABELS, MAX_DETAILS
 
@@ -18,20 +18,20 @@ DETAILS_NEEDED = {
 }
 
 
-class ConsentForm(FlaskForm):
+class ConsentForm(Form):
     """The wanted state, not "toggle": a double click asks for the same state
     twice, and the second one changes nothing."""
     granted = HiddenField(validators=[AnyOf(["1", "0"], message="Choose on or off.")])
 
 
-class PreferencesForm(FlaskForm):
+class PreferencesForm(Form):
     theme = RadioField("Theme", choices=[SelectChoice(k, v) for k, v in THEMES.items()],
                        validators=[InputRequired("Choose a theme.")])
     range_days = RadioField("Usage chart range", choices=[SelectChoice(str(d), f"{d} days") for d in RANGES],
                             validators=[InputRequired("Choose a chart range.")])
 
 
-class RequestForm(FlaskForm):
+class RequestForm(Form):
     kind = SelectField("What are you asking for?", validate_choice=False,
                        choices=[SelectChoice("", "Choose…")] + [SelectChoice(k, KIND_LABELS[k]) for k in FORM_KINDS])
     details = TextAreaField("Details", validators=[

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from flask import Request, Response, current_app
 
+from app.numbers import parse_int
+
 THEME_COOKIE = "pref_theme"
 RANGE_COOKIE = "pref_range"
 COOKIES = (THEME_COOKIE, RANGE_COOKIE)
@@ -27,8 +29,8 @@ def preferred_theme(request: Request) -> str:
 def preferred_range(request: Request) -> int:
     """The chart range in days the person chose, or the default. A cookie that
     is missing, edited or out of the allowed set counts as no choice."""
-    raw = request.cookies.get(RANGE_COOKIE, "")
-    return int(raw) if raw.isdigit() and int(raw) in RANGES else DEFAULT_RANGE
+    value = parse_int(request.cookies.get(RANGE_COOKIE))
+    return value if value in RANGES else DEFAULT_RANGE
 
 
 def has_pref_cookies(request: Request) -> bool:

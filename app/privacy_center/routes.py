@@ -21,6 +21,7 @@ from app.extensions import csrf, db
 from app.models import PolicyVersion, PrivacyRequest, User
 from app.models.privacy import CONSENT_PURPOSES
 from app.models.types import utcnow
+from app.numbers import page_number
 from app.privacy_center import inventory, prefs
 from app.privacy_center.forms import ConsentForm, PreferencesForm, RequestForm
 from app.services import ServiceError, consent_links
@@ -229,8 +230,7 @@ def data():
 @bp.route("/access-log", methods=["GET"])
 @login_required
 def access_log():
-    page = request.args.get("page", "1")
-    page = int(page) if page.isdigit() and 0 < int(page) < 100_000 else 1
+    page = page_number(request.args.get("page"), last=100_000)
     entries, total = inventory.staff_access(current_user, page, ACCESS_PER_PAGE)
     pages = max(1, math.ceil(total / ACCESS_PER_PAGE))
     if page > pages:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import secrets
+import string
 import time
 
 import pyotp
@@ -35,15 +36,27 @@ def qr_svg(uri: str) -> bytes:
     return buf.getvalue()
 
 
+_CODE_CHARS = frozenset(string.ascii_letters + string.digits)
+
+
 def _clean(code: str) -> str:
-    return "".join(ch for ch in code if ch.isalnum()).lower()
+    """The code without the spaces and dashes people type or paste, or "" if
+    it holds a letter or digit outside ASCII: `str.isalnum()` and `isdigit()`
+    also accept '١' or '²', which then made `compare_digest` raise TypeError
+    (a 500 at sign-in). A code in other digits is simply a wrong code."""
+    if not isinstance(code, str):
+        return ""
+    kept = [ch for ch in code if ch.isalnum()]
+    if not all(ch in _CODE_CHARS for ch in kept):
+        return ""
+    return "".join(kept).lower()
 
 
 def check_code(secret: str, code: str, last_step: int | None) -> int | None:
     """Return the accepted time step, or None. One step of drift either way is
     allowed; a step at or before `last_step` is a replay and is refused."""
     code = _clean(code)
-    if not (code.isdigit() and len(code) == 6):
+    if not (len(code) == 6 and code.isdigit()):
         return None
     totp = pyotp.TOTP(secret)
     now_step = int(time.time()) // totp.interval

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import date, datetime, time, timezone
 
-from flask_wtf import FlaskForm
 from wtforms import EmailField, RadioField, SelectField, StringField, TextAreaField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, ValidationError
 
+from app.forms import Form
 from app.models.privacy import OUTCOMES, REQUEST_KINDS
 from app.models.types import utcnow
 from app.services.privacy import KIND_LABELS, MAX_DETAILS, MAX_REASON, OUTCOME_LABELS
@@ -19,7 +19,7 @@ def today() -> date:
     return datetime.now(timezone.utc).date()
 
 
-class FileRequestForm(FlaskForm):
+class FileRequestForm(Form):
     email = EmailField("The person's email address", validators=[
         DataRequired("Enter the address of the account the request is about.")],
         render_kw={"autocomplete": "off", "spellcheck": "false"})
@@ -56,20 +56,20 @@ class FileRequestForm(FlaskForm):
         self.received_at = utcnow() if day == today() else datetime.combine(day, time(0), tzinfo=timezone.utc)
 
 
-class StaffCheckForm(FlaskForm):
+class StaffCheckForm(Form):
     note = StringField("How you checked their identity", id="check-note", validators=[
         DataRequired("Say how you checked the person's identity."),
         Length(max=MAX_NOTE, message=f"Keep the note under {MAX_NOTE} characters.")],
         render_kw={"maxlength": MAX_NOTE})
 
 
-class ExtendForm(FlaskForm):
+class ExtendForm(Form):
     reason = TextAreaField("Reason for the extension (sent to the person)", id="extend-reason", validators=[
         DataRequired("Give the reason for the extension; the person is told."),
         Length(max=MAX_REASON, message=f"Keep the reason under {MAX_REASON} characters.")], render_kw={"rows": 3})
 
 
-class CloseForm(FlaskForm):
+class CloseForm(Form):
     outcome = RadioField("Outcome", id="close-outcome",
                          choices=[SelectChoice(o, OUTCOME_LABELS[o].capitalize()) for o in OUTCOMES],
                          validate_choice=False)
@@ -82,6 +82,6 @@ class CloseForm(FlaskForm):
             raise ValidationError("Choose an outcome: done, refused or partly done.")
 
 
-class RectifyForm(FlaskForm):
+class RectifyForm(Form):
     name = StringField("Name", validators=[Length(max=120, message="Name can be at most 120 characters.")])
     company = StringField("Company", validators=[Length(max=120, message="Company can be at most 120 characters.")])

@@ -19,6 +19,7 @@ from app.extensions import db
 from app.models import ApiKey, AuditEvent, ConsentEvent, DataExport, PrivacyRequest, UsageRecord, User
 from app.models.privacy import REQUEST_KINDS
 from app.models.types import utcnow
+from app.numbers import page_number
 from app.services import ServiceError, accounts, mail, privacy
 from app.services.audit import record_event
 
@@ -57,7 +58,7 @@ class QueueFilters:
         f.overdue = args.get("overdue") in ("1", "on", "true")
         sort = args.get("sort", "due")
         f.sort = sort if sort in SORTS else "due"
-        f.page = _page_number(args.get("page"))
+        f.page = page_number(args.get("page"))
         return f
 
     def params(self, **override) -> dict:
@@ -71,13 +72,6 @@ class QueueFilters:
     @property
     def active(self) -> bool:
         return bool(self.status != "open" or self.kind or self.channel or self.overdue)
-
-
-def _page_number(raw) -> int:
-    try:
-        return max(1, min(int(raw or 1), 1_000_000))
-    except (TypeError, ValueError):
-        return 1
 
 
 @dataclass

@@ -18,6 +18,7 @@ from app.extensions import db, limiter, login_manager
 from app.models import AuditEvent, OutboxMessage, PrivacyRequest, User
 from app.models.privacy import REQUEST_CHANNELS, REQUEST_KINDS
 from app.models.types import utcnow
+from app.numbers import page_number, parse_int
 from app.services import ServiceError, deletion, exports, policy, privacy
 from app.services.audit import record_event, verify_chain
 from app.staff import queue, verification
@@ -326,12 +327,11 @@ def audit():
     raw_subject = (request.args.get("subject") or "").strip()
     subject_id, subject_error = None, None
     if raw_subject:
-        if raw_subject.isdigit() and len(raw_subject) < 12:
-            subject_id = int(raw_subject)
-        else:
+        subject_id = parse_int(raw_subject, minimum=1)
+        if subject_id is None:
             subject_error = "Enter an account id (a whole number)."
     chain = verify_chain()  # before this page adds its own rows
-    page = queue.audit_page(prefix, subject_id, queue._page_number(request.args.get("page")))
+    page = queue.audit_page(prefix, subject_id, page_number(request.args.get("page")))
     record_event(current_user, "staff:audit:viewed", **({"event_prefix": prefix} if prefix else {}))
     if subject_id is not None and db.session.get(User, subject_id) is not None:
         # Audit rows about a person are their data too.

@@ -10,11 +10,11 @@ from datetime import date
 
 from werkzeug.datastructures import MultiDict
 
+from app.numbers import MAX_ID, page_number, parse_int
 from app.services.usage import UsageFilters
 
 STATUSES = {"ok": "Succeeded (2xx)", "error": "Failed"}
 EARLIEST, LATEST = date(2000, 1, 1), date(9000, 12, 31)
-MAX_INT = 2**31 - 1
 
 
 @dataclass
@@ -45,14 +45,6 @@ def _date(raw: str, label: str, notes: list[str]) -> date | None:
     return value
 
 
-def _int(raw: str) -> int | None:
-    raw = raw.strip()
-    if not raw.isdigit() or not raw.isascii():
-        return None
-    value = int(raw)
-    return value if 1 <= value <= MAX_INT else None
-
-
 def parse(args: MultiDict) -> ParsedQuery:
     notes: list[str] = []
     model = (args.get("model") or "").strip() or None
@@ -61,7 +53,7 @@ def parse(args: MultiDict) -> ParsedQuery:
         model = None
 
     key_raw = (args.get("key") or "").strip()
-    key_id = _int(key_raw) if key_raw else None
+    key_id = parse_int(key_raw, minimum=1, maximum=MAX_ID) if key_raw else None
     if key_raw and key_id is None:
         notes.append("That key is not one of yours, so it was ignored.")
 
@@ -76,6 +68,6 @@ def parse(args: MultiDict) -> ParsedQuery:
         date_from, date_to = date_to, date_from
         notes.append("The start date was after the end date, so the two were swapped.")
 
-    page = _int(args.get("page") or "1") or 1
+    page = page_number(args.get("page"))
     return ParsedQuery(UsageFilters(model=model, api_key_id=key_id, status=status,
                                     date_from=date_from, date_to=date_to), page, notes)
