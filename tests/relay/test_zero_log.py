@@ -238,6 +238,17 @@ def _settle(relay, quiet: float = 0.3, timeout: float = 10) -> None:
         time.sleep(0.05)
 
 
+def read_locked_file(path: Path) -> bytes:
+    """The bytes of a file SQLite has open, read by another process. SQLite's
+    locks are POSIX record locks, which a process loses on *every* descriptor of
+    the file when it closes any one of them: reading the database here would
+    drop the locks of this process's open connections, and the next writer in
+    another process (a served worker) would checkpoint the WAL under them."""
+    import subprocess
+
+    return subprocess.run(["cat", str(path)], capture_output=True, check=True).stdout
+
+
 def _files(root: Path):
     for dirpath, _, names in os.walk(root):
         for name in names:
@@ -279,7 +290,7 @@ def _scan(apps, caplog, capfd, c: Canary) -> list[str]:
         if engine.dialect.name == "sqlite":
             base = Path(url.database)
             for p in (base, *(Path(str(base) + s) for s in ("-wal", "-journal", "-shm"))):
-                if p.exists() and c.found_in(p.read_bytes()):
+                if p.exists() and c.found_in(read_locked_file(p)):
                     leaks.append(f"database file {p}")
             assert base.exists() and base.stat().st_size > 0
         else:
@@ -361,3 +372,156 @@ def caplog_sanity(caplog) -> bool:
     scan is not an accident of log levels)."""
     logging.getLogger("app.relay.routes").debug("zero-log capture check")
     return any(r.getMessage() == "zero-log capture check" for r in caplog.records)
+
+
+# ---- many canaries at once, for the field-by-field tests ---------------------------------
+#
+# tests/relay/test_zero_log_fields.py and tests/web/test_zero_log_portal.py put a
+# different canary into every field, header, cookie and path segment, so that a
+# leak names the field it came from and the place it went to. Every canary of one
+# book shares a random run id: a scan looks for that id (in the encodings a store
+# could use) and reads the field's number after it.
+
+# The other end of the mail the app sends: the test's SMTP server logs what it
+# receives at DEBUG, like a person's mailbox would keep it.
+RECEIVER_LOGGERS = {"mail"}
+# SQLAlchemy's DEBUG echo repeats result rows: what the database already holds,
+# read back (production never runs the engine logger below WARNING). Rows are
+# scanned in the tables themselves; a value meant to be stored (a name) is
+# therefore allowed in these records, and nothing else is.
+ROW_ECHO = ("Row ", "Col ")
+
+
+class Canaries:
+    """A book of canaries: `book("login.password")` gives the canary of that field
+    (the same one each time it is asked for)."""
+
+    def __init__(self):
+        self.run = uuid.uuid4().hex[:12]
+        self.labels: list[str] = []
+        self._forms = [(self.run.encode(), "ascii"), (self.run.upper().encode(), "ascii"),
+                       (self.run.encode("utf-16-le"), "utf-16-le"),
+                       (self.run.upper().encode("utf-16-le"), "utf-16-le")]
+
+    def __call__(self, label: str) -> str:
+        if label not in self.labels:
+            self.labels.append(label)
+        return f"zlc{self.run}{self.labels.index(label):04d}"  # lower case: survives address normalization
+
+    def label_of(self, text: str) -> str:
+        return self.labels[int(text[-4:])]
+
+    def find(self, data: bytes) -> set[str]:
+        """The labels of every canary in `data` ("?" for one cut short after the run id)."""
+        found: set[str] = set()
+        for needle, enc in self._forms:
+            width = 2 if enc == "utf-16-le" else 1
+            start = data.find(needle)
+            while start >= 0:
+                tail = data[start + len(needle): start + len(needle) + 4 * width].decode(enc, "replace")
+                found.add(self.labels[int(tail)] if tail.isdigit() and int(tail) < len(self.labels) else "?")
+                start = data.find(needle, start + 1)
+        return found
+
+
+def _bytes(value) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    return str(value).encode("utf-8", "surrogatepass")
+
+
+def scan_all(book: Canaries, apps, caplog=None, capfd=None, *, mailbox=None, extra: dict | None = None,
+             skip_loggers=frozenset()) -> dict[str, set[str]]:
+    """Every place the app could have kept something, and the canaries found in each.
+
+    Returns {label: {location, ...}}. Locations: ``log:<logger>`` (every captured
+    record: message, arguments, exception and stack text), ``log-row-echo``
+    (SQLAlchemy's DEBUG echo of result rows), ``stdout``/``stderr`` of this
+    process, ``table:<table>.<column>`` (every row, every column, as text),
+    ``db-file:<suffix>`` (SQLite's .db, -wal, -shm, -journal), ``redis:<key>``
+    (key or value of the rate-limit store), ``file:<path under the instance
+    folder>`` (zip members too, as ``file:<path>!<member>``), ``smtp:<to>``
+    (mail received by the test's SMTP server), and the names in `extra`
+    (e.g. a served process's output)."""
+    import zipfile
+
+    found: dict[str, set[str]] = {}
+
+    def note(where: str, data: bytes) -> None:
+        for label in book.find(data):
+            found.setdefault(label, set()).add(where)
+
+    if caplog is not None:
+        fmt = logging.Formatter()
+        for rec in caplog.records:
+            top = rec.name.split(".")[0]
+            if top in CLIENT_LOGGERS or top in RECEIVER_LOGGERS or rec.name in skip_loggers:
+                continue
+            parts = [str(rec.msg), repr(rec.args), rec.getMessage(), rec.exc_text or "", rec.stack_info or ""]
+            if rec.exc_info:
+                parts.append(fmt.formatException(rec.exc_info))
+            echo = rec.name.startswith("sqlalchemy.engine") and str(rec.msg).startswith(ROW_ECHO)
+            note("log-row-echo" if echo else f"log:{rec.name}", "\n".join(parts).encode("utf-8", "replace"))
+    if capfd is not None:
+        out, err = capfd.readouterr()
+        note("stdout", out.encode("utf-8", "replace"))
+        note("stderr", err.encode("utf-8", "replace"))
+    for name, data in (extra or {}).items():
+        note(name, data if isinstance(data, bytes) else data.encode("utf-8", "replace"))
+
+    app = apps[0]
+    with app.app_context():
+        engine = db.engine
+        with engine.connect() as conn:
+            for table in db.metadata.sorted_tables:
+                for row in conn.execute(sa.select(table)):
+                    for column, value in row._mapping.items():
+                        note(f"table:{table.name}.{column}", _bytes(value))
+        if engine.dialect.name == "sqlite":
+            base = Path(sa.engine.make_url(app.config["SQLALCHEMY_DATABASE_URI"]).database)
+            assert base.exists() and base.stat().st_size > 0
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                p = Path(str(base) + suffix)
+                if p.exists():
+                    note(f"db-file:{suffix or '.db'}", read_locked_file(p))
+        storage = app.config["RATELIMIT_STORAGE_URI"]
+        if storage.startswith("redis"):
+            import redis
+            r = redis.Redis.from_url(storage)
+            for key in r.scan_iter():
+                note(f"redis:{key.decode(errors='replace')}", key + b"\n" + (r.dump(key) or b""))
+        db.engine.dispose()
+    seen: set[Path] = set()
+    for a in apps:
+        root = Path(a.instance_path)
+        for p in _files(root):
+            if p in seen:
+                continue
+            seen.add(p)
+            data = p.read_bytes()
+            where = f"file:{p.relative_to(root)}"
+            note(where, data)
+            if zipfile.is_zipfile(p):
+                with zipfile.ZipFile(p) as z:
+                    for member in z.namelist():
+                        note(f"{where}!{member}", z.read(member))
+    if mailbox is not None:
+        for msg in list(mailbox.messages):
+            note(f"smtp:{msg['To']}", bytes(msg))
+    return found
+
+
+def unexpected(found: dict[str, set[str]], allowed: dict[str, tuple[str, ...]]) -> dict[str, list[str]]:
+    """The places each canary was found that its field does not allow (fnmatch
+    patterns; a label not in `allowed` is allowed nowhere)."""
+    import fnmatch
+
+    bad = {}
+    for label, places in found.items():
+        patterns = allowed.get(label, ())
+        extra = sorted(p for p in places if not any(fnmatch.fnmatchcase(p, pat) for pat in patterns))
+        if extra:
+            bad[label] = extra
+    return bad
