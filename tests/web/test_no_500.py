@@ -85,6 +85,9 @@ ODD_DIGITS = ["²", "¹²", "١٢", "１２", "٣", "๑", "²²²²²²", "١٢
 BAD_STRINGS = [*HUGE_INTS, *ODD_DIGITS, "-1", "0", "-0", "+5", " 7 ", "1e309", "NaN", "0x10", "1_000",
                "\x00", "a\x00b", "", " ", "%", "%00", "../../etc/passwd", "<script>x</script>", "x" * 5000,
                "é" * 300, "\u202e", "\ufeff", "null", "[]", "{}", CANARY]
+# One request per value on every route and method: the review's kinds, one or two of each.
+FIXED_VALUES = ["99999999999999999999", str(2**63), str(2**31), "9" * 5000, "²", "١٢", "１２", "١٢٣٤٥٦", "-1", " 7 ",
+                "\x00", "a\x00b", "", "x" * 5000, CANARY]
 BAD_JSON = [[], [1, 2], [["a", "b"]], [["email", 5]], 0, 12.5, -1, True, None, "text", CANARY,
             {"email": 5, "password": None, "code": ["1"], "csrf_token": 7},
             {"value": {"a": 1}, "name": [CANARY], "word": 2**70, "granted": 1.5, "theme": False},
@@ -109,11 +112,12 @@ class World:
     app: object
     client: object
     ids: dict = field(default_factory=dict)       # converter argument name -> real ids
-    strings: dict = field(default_factory=dict)   # argument name -> real values (tokens)
+    tokens: dict = field(default_factory=dict)    # rule -> a real link token for its <token>
     key: str = ""
     fields: tuple = ()
     identities: dict = field(default_factory=dict)
     exempt: frozenset = frozenset()
+    accounts: int = 0                             # made when a caller's own was lost
 
 
 def form_field_names(app) -> tuple[str, ...]:
@@ -175,7 +179,7 @@ def world(make_app, fake, tmp_path, monkeypatch) -> World:
     """An app with data behind every kind of id in a URL: a policy version,
     a key, a privacy request, an incident, sessions; and a relay with models."""
     from app.models import ApiKey, Incident, PrivacyRequest, PolicyVersion
-    from app.services import incidents, keys as key_service, policy
+    from app.services import consent_links, incidents, keys as key_service, policy, tokens
 
     monkeypatch.setenv("NO500_UPSTREAM_KEY", UPSTREAM_KEY)
     # Answers that must not reveal an account are padded to a time floor; this
@@ -191,10 +195,17 @@ def world(make_app, fake, tmp_path, monkeypatch) -> World:
     w = World(app=app, client=app.test_client(use_cookies=False), fields=form_field_names(app))
     uid = make_user(app, "ada@example.com")
     sid = make_user(app, "grace@example.com", staff=True)
+    lid = make_user(app, "lin@example.com")  # whose emailed links are followed: a reset must not lock ada out
     with app.app_context(), app.test_request_context():
         policy.current_version()
-        user, staff = db.session.get(User, uid), db.session.get(User, sid)
-        k, w.key = key_service.create(user, "fuzz key")
+        user, staff, lin = db.session.get(User, uid), db.session.get(User, sid), db.session.get(User, lid)
+        _, w.key = key_service.create(user, "fuzz key")
+        w.tokens = {"/verify/<token>": tokens.issue(lin, tokens.VERIFY),
+                    "/reset/<token>": tokens.issue(lin, tokens.RESET),
+                    "/login/link/<token>": tokens.issue(lin, tokens.MAGIC),
+                    "/account/email/confirm/<token>": tokens.issue(user, tokens.CHANGE_EMAIL,
+                                                                   email="ada.new@example.com"),
+                    "/privacy-center/unsubscribe/<token>": consent_links.make_token(lin)}
         db.session.add(PrivacyRequest(user_id=uid, kind="access", channel="portal", status="open",
                                       received_at=utcnow(), due_at=utcnow()))
         db.session.commit()
@@ -345,6 +356,13 @@ def still_signed_in(w: World, ident: Identity) -> bool:
         return row is not None and row.user.deletion_requested_at is None
 
 
+def new_account(w: World, ident: Identity) -> str:
+    w.accounts += 1
+    email = f"fuzz{w.accounts}@example.com"
+    make_user(w.app, email, staff=ident.name == "staff")
+    return email
+
+
 def restore(w: World, ident: Identity) -> Identity:
     """A generated request may sign its caller out (logout, end session,
     deletion): sign in again, as a new account if this one is gone."""
@@ -353,10 +371,12 @@ def restore(w: World, ident: Identity) -> Identity:
     with w.app.app_context():
         gone = db.session.scalar(sa.select(User.deletion_requested_at).where(User.email_key == ident.email))
     email = ident.email
-    if gone is not None or email is None:
-        email = f"fuzz{len(w.identities)}-{os.getpid()}@example.com"
-        make_user(w.app, email, staff=ident.name == "staff")
-    fresh = sign_in(w.app, email)
+    if gone is not None:
+        email = new_account(w, ident)
+    try:
+        fresh = sign_in(w.app, email)
+    except AssertionError:  # its password was changed, or sign-in is blocked: use a new account
+        fresh = sign_in(w.app, new_account(w, ident))
     fresh.name = ident.name
     w.identities[ident.name] = fresh
     return fresh
@@ -400,19 +420,20 @@ def cookie_safe(text: str) -> str:
     return "".join(ch for ch in text if ch >= " " and ch not in ";\x7f")
 
 
-def path_value(w: World, conv: str, name: str):
+def path_value(w: World, rule: Rule, conv: str, name: str):
     known = [str(i) for i in w.ids.get(name, [])]
     if conv == "int":
         return st.one_of(st.sampled_from(known or ["1"]), st.integers(0, 2**31 - 1).map(str),
                          st.sampled_from(HUGE_INTS + ODD_DIGITS), digits)
+    real = [w.tokens[rule.rule]] if rule.rule in w.tokens else []
     base = st.one_of(odd_text.filter(bool), st.sampled_from(["name", "company", "marketing_email", "email",
-                                                             "x" * 300, "a.b.c"]))
+                                                             "x" * 300, "a.b.c", *real]))
     return base if conv == "path" else base.map(lambda s: s.replace("/", "-") or "x")
 
 
 @st.composite
 def requests(draw, w: World, rule: Rule, ident: Identity) -> Sent:
-    values = {name: draw(path_value(w, conv, name)) for conv, name in rule.args}
+    values = {name: draw(path_value(w, rule, conv, name)) for conv, name in rule.args}
     method = draw(st.sampled_from(rule.methods + ("PUT",))) if draw(st.integers(0, 9)) == 0 else \
         draw(st.sampled_from(rule.methods))
     sent = Sent(method=method, path=fill(rule, values), identity=ident.name)
@@ -490,7 +511,8 @@ def requests(draw, w: World, rule: Rule, ident: Identity) -> Sent:
 
 def known_bad(w: World, rule: Rule, ident: Identity) -> list[Sent]:
     """Each known-bad input of the review, sent to every route (no sampling)."""
-    base = {name: (str(w.ids[name][0]) if w.ids.get(name) else "x") for _, name in rule.args}
+    base = {name: (str(w.ids[name][0]) if w.ids.get(name) else w.tokens.get(rule.rule, "x"))
+            for _, name in rule.args}
     cookies = {"session": ident.cookie} if ident.cookie else {}
     headers = {"X-CSRFToken": ident.token}
     if rule.rule.startswith("/v1/"):
@@ -502,7 +524,7 @@ def known_bad(w: World, rule: Rule, ident: Identity) -> list[Sent]:
                             cookies=dict(cookies), identity=ident.name, csrf_valid=True))
     path = fill(rule, base)
     for method in rule.methods:
-        for value in BAD_STRINGS[:18] + ["\x00", CANARY]:   # every query name, every field name at once
+        for value in FIXED_VALUES:   # every query name, every field name and both cookies at once
             query = {q: value for q in QUERY_NAMES}
             body = {f: value for f in w.fields} | {"csrf_token": ident.token} if method != "GET" else None
             out.append(Sent(method, path, query=query, body=body, headers=dict(headers), cookies={
