@@ -417,8 +417,13 @@ def _handle(req: Request, api: str, endpoint: str):
     body, failed = _body(call)
     if failed:
         return failed
-    if endpoint == "messages" and not isinstance(body.get("max_tokens"), int):
+    max_tokens = body.get("max_tokens")
+    if endpoint == "messages" and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)):
         return _error(call, 400, "max_tokens: an integer is required.")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        # Forwarded as sent, a truthy non-boolean makes the provider stream while
+        # the relay waits for JSON: the client's error, answered before anything goes upstream.
+        return _error(call, 400, "stream: true or false is required.")
     if endpoint in ("chat", "messages") and not isinstance(body.get("messages"), list):
         return _error(call, 400, "messages: a list is required.")
     if endpoint == "embeddings" and body.get("input") in (None, "", []):
@@ -426,6 +431,8 @@ def _handle(req: Request, api: str, endpoint: str):
     model, failed = _model(call, req.environ["relay.extensions"]["relay_registry"])
     if failed:
         return failed
+    if endpoint == "embeddings" and not any(t.provider.shape == "openai" for t in model.targets):
+        return _error(call, 400, f"The model '{call.model}' does not create embeddings.")
     refusal = call.limits.admit(call.key.id, call.key.user_id, call.key.rpm_limit, call.key.tpm_limit)
     if refusal:
         call.error_class = f"rate_limited_{refusal.scope}_{refusal.what}"
@@ -626,13 +633,24 @@ def messages(req: Request):
     return _handle(req, "anthropic", "messages")
 
 
-def _api_of(req: Request) -> str:
-    return "anthropic" if req.headers.get("anthropic-version") else "openai"
+_ENDPOINT_API = {"/v1/chat/completions": "openai", "/v1/embeddings": "openai", "/v1/messages": "anthropic"}
+
+
+def api_of(req: Request) -> str:
+    """The API a request speaks, hence the shape of every answer to it, errors
+    included: the path names it for the endpoints of one API; on the shared
+    ones (/v1/models, an unknown path) Anthropic's SDK says so with its
+    `anthropic-version` header."""
+    path = req.path.rstrip("/")
+    api = _ENDPOINT_API.get(path)
+    if api is None and path.startswith("/v1/messages/"):
+        api = "anthropic"
+    return api or ("anthropic" if req.headers.get("anthropic-version") else "openai")
 
 
 def list_models(req: Request):
     """The models this key may use, in the shape of the SDK that asks."""
-    call = _begin(req, _api_of(req))
+    call = _begin(req, api_of(req))
     failed = _authenticate(call)
     if failed:
         return failed
@@ -652,7 +670,7 @@ def list_models(req: Request):
 
 
 def get_model(req: Request, name: str):
-    call = _begin(req, _api_of(req))
+    call = _begin(req, api_of(req))
     failed = _authenticate(call)
     if failed:
         return failed
@@ -733,7 +751,7 @@ class RelayDispatch:
     @staticmethod
     def _error(req: Request, status: int) -> Response:
         message = _STATUS_TEXT.get(status, "The request could not be completed.")
-        if req.path.startswith("/v1/messages") or req.headers.get("anthropic-version"):
+        if api_of(req) == "anthropic":
             body = tr.anthropic_error(tr.error_type_for_status(status, "anthropic"), message,
                                       request_id=req.environ["relay.request_id"])
         else:
