@@ -10,8 +10,8 @@ app, so the classes cannot come back route by route:
 - every form reads form fields only, never JSON, and refuses NUL (app/forms.Form);
 - a request's form holds named parts only, its query string no NUL (app/inputs.py).
 
-The relay's defects found on the way are in app/relay/routes.py, which is
-another engineer's; they are kept here as strict xfails, to be flipped when fixed.
+The relay's defects found on the way were fixed in app/relay/routes.py by its
+owner; their tests are at the end.
 """
 from __future__ import annotations
 
@@ -338,7 +338,7 @@ def test_a_nul_in_a_query_string_is_an_ignored_parameter(make_app):
     assert "staff:audit:viewed" in text(client.get("/staff/audit?event=staff%00"))
 
 
-# ---- the relay (app/relay/routes.py, another engineer's): strict xfails ------------------
+# ---- the relay: found by test_no_500.py, fixed in app/relay/routes.py (a85935b) -------------
 
 DEAD_PROVIDERS = """
 [providers.oai]
@@ -365,9 +365,10 @@ price = {{ input = 3.0, output = 15.0 }}
 
 @pytest.fixture
 def relay_app(make_app, tmp_path, monkeypatch):
-    """An app whose models route to a closed port: nothing here may need an upstream."""
-    from app.services import keys as key_service
+    """An app whose models route to a closed port: every answer here comes
+    from the relay itself, before anything goes upstream."""
     from app.models.types import utcnow
+    from app.services import keys as key_service
     from tests.servers import free_port
 
     monkeypatch.setenv("ODD_INPUT_UNUSED_KEY", "sk-unused")
@@ -386,48 +387,50 @@ def relay_app(make_app, tmp_path, monkeypatch):
     app.extensions["meter"].flush(10)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="app/relay/routes.py forwards a non-boolean `stream` while reading it as "
-                                       "false (`is True`): the provider streams, the relay expects JSON, 502. "
-                                       "Proposed: _handle refuses a `stream` that is not a boolean with 400.")
-@pytest.mark.parametrize("stream", [1, "true", [], {}])
-def test_relay_refuses_a_stream_flag_that_is_not_boolean(relay_app, stream):
-    """Found by test_no_500.py: `{"stream": 1}` through the fake provider
-    answered 502 ("not valid JSON"). The SDKs only send booleans; anything
-    else is the client's error, answered before anything goes upstream."""
-    resp = relay_app.test_client().post(
-        "/v1/chat/completions", headers={"Authorization": f"Bearer {relay_app.relay_key}"},
-        json={"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}], "stream": stream})
-    assert resp.status_code == 400
-    assert resp.get_json()["error"]["type"] == "invalid_request_error"
+@pytest.mark.parametrize("field,value", [("stream", 1), ("stream", "true"), ("stream", []), ("stream", {}),
+                                         ("max_tokens", True)])
+def test_relay_refuses_flags_of_the_wrong_type(relay_app, field, value):
+    """`{"stream": 1}` through the fake provider answered 502: the relay read
+    it as false (`is True`) but forwarded it, the provider streamed, and the
+    relay waited for JSON. The SDKs only send booleans; anything else is the
+    client's error, a 400 before anything goes upstream."""
+    body = {"model": "claude-test", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10, field: value}
+    for path in ("/v1/chat/completions", "/v1/messages"):
+        if path == "/v1/chat/completions" and field == "max_tokens":
+            continue  # optional there, and an int in JSON's sense only on /v1/messages
+        resp = relay_app.test_client().post(path, headers={"Authorization": f"Bearer {relay_app.relay_key}"},
+                                            json=body)
+        assert resp.status_code == 400, path
+        assert resp.get_json()["error"]["type"] == "invalid_request_error", path
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="app/relay/routes.py picks the error shape in two places with two rules: "
-                                       "RelayDispatch._error follows `anthropic-version`, the endpoints follow "
-                                       "the path. Proposed: one `api_of(req)` (path /v1/messages or the header) "
-                                       "used by both.")
-def test_openai_endpoints_answer_one_shape(relay_app):
-    """With `anthropic-version` sent, a 405 on /v1/chat/completions comes in
-    Anthropic's shape but a 401 on the same path in OpenAI's: a client cannot
-    know which to parse. The brief's rule (Anthropic's shape on /v1/messages
-    or with that header) should hold for every error of every endpoint."""
-    client = relay_app.test_client()
-    headers = {"anthropic-version": "2023-06-01"}
-    wrong_method = client.get("/v1/chat/completions", headers=headers)
-    assert wrong_method.status_code == 405 and wrong_method.get_json()["type"] == "error"
-    no_key = client.post("/v1/chat/completions", headers=headers, json={"model": "gpt-test"})
-    assert no_key.status_code == 401
-    assert no_key.get_json().get("type") == "error"
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="app/relay/routes.py skips every target of a chat-only model for /v1/embeddings and "
-                          "answers 502 'No provider could serve this request'. Proposed: when no target of the "
-                          "model speaks embeddings, answer 400 invalid_request_error before routing.")
 def test_relay_refuses_embeddings_from_a_chat_model(relay_app):
-    """Found by test_no_500.py: embeddings asked of an Anthropic-only model is
-    the client's mistake (OpenAI answers it with a 400), not a provider outage."""
+    """Embeddings asked of an Anthropic-only model answered 502 "No provider
+    could serve this request": it is the client's mistake (OpenAI answers it
+    with a 400), not a provider outage."""
     resp = relay_app.test_client().post(
         "/v1/embeddings", headers={"Authorization": f"Bearer {relay_app.relay_key}"},
         json={"model": "claude-test", "input": "hello"})
     assert resp.status_code == 400
     assert resp.get_json()["error"]["type"] == "invalid_request_error"
+
+
+def test_every_error_of_an_endpoint_comes_in_one_shape(relay_app):
+    """With `anthropic-version` sent, a 405 on /v1/chat/completions came in
+    Anthropic's shape but a 401 on the same path in OpenAI's: a client could
+    not know which to parse. Now the path names the API on the endpoints of
+    one API, and the header only decides on the shared ones (/v1/models)."""
+    client = relay_app.test_client()
+    anthropic = {"anthropic-version": "2023-06-01"}
+
+    def shape(resp) -> str:
+        return "anthropic" if resp.get_json().get("type") == "error" else "openai"
+
+    for headers in ({}, anthropic):
+        assert shape(client.get("/v1/chat/completions", headers=headers)) == "openai"   # 405
+        assert shape(client.post("/v1/chat/completions", headers=headers, json={})) == "openai"  # 401
+        assert shape(client.get("/v1/messages", headers=headers)) == "anthropic"
+        assert shape(client.post("/v1/messages", headers=headers, json={})) == "anthropic"
+    assert shape(client.get("/v1/models")) == "openai"
+    assert shape(client.get("/v1/models", headers=anthropic)) == "anthropic"
+    assert shape(client.get("/v1/no-such-endpoint", headers=anthropic)) == "anthropic"
