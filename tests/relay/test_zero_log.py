@@ -399,6 +399,7 @@ class Canaries:
     def __init__(self):
         self.run = uuid.uuid4().hex[:12]
         self.labels: list[str] = []
+        self.literals: dict[bytes, str] = {}
         self._forms = [(self.run.encode(), "ascii"), (self.run.upper().encode(), "ascii"),
                        (self.run.encode("utf-16-le"), "utf-16-le"),
                        (self.run.upper().encode("utf-16-le"), "utf-16-le")]
@@ -408,8 +409,19 @@ class Canaries:
             self.labels.append(label)
         return f"zlc{self.run}{self.labels.index(label):04d}"  # lower case: survives address normalization
 
+    def secret(self, label: str, text: str) -> str:
+        """Also look for a value the app made (a key, a token, a code): found
+        under `label`, like a canary."""
+        assert len(text) >= 8, "too short to look for"
+        self.literals[text.encode()] = label
+        self.literals[text.encode("utf-16-le")] = label
+        return text
+
     def label_of(self, text: str) -> str:
-        return self.labels[int(text[-4:])]
+        """The label of the one canary in `text`."""
+        (label,) = self.find(text.encode()) or {None}
+        assert label is not None, f"no canary in {text!r}"
+        return label
 
     def find(self, data: bytes) -> set[str]:
         """The labels of every canary in `data` ("?" for one cut short after the run id)."""
@@ -421,6 +433,9 @@ class Canaries:
                 tail = data[start + len(needle): start + len(needle) + 4 * width].decode(enc, "replace")
                 found.add(self.labels[int(tail)] if tail.isdigit() and int(tail) < len(self.labels) else "?")
                 start = data.find(needle, start + 1)
+        for literal, label in self.literals.items():
+            if literal in data:
+                found.add(label)
         return found
 
 
