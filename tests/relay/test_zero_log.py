@@ -447,8 +447,19 @@ def _bytes(value) -> bytes:
     return str(value).encode("utf-8", "surrogatepass")
 
 
+class Found(dict):
+    """{label: {location, ...}}, and `scanned`: every location that was read."""
+
+    def __init__(self):
+        super().__init__()
+        self.scanned: set[str] = set()
+
+    def covered(self, prefix: str) -> bool:
+        return any(s.startswith(prefix) for s in self.scanned)
+
+
 def scan_all(book: Canaries, apps, caplog=None, capfd=None, *, mailbox=None, extra: dict | None = None,
-             skip_loggers=frozenset()) -> dict[str, set[str]]:
+             folders: dict | None = None, skip_loggers=frozenset()) -> Found:
     """Every place the app could have kept something, and the canaries found in each.
 
     Returns {label: {location, ...}}. Locations: ``log:<logger>`` (every captured
@@ -457,14 +468,16 @@ def scan_all(book: Canaries, apps, caplog=None, capfd=None, *, mailbox=None, ext
     process, ``table:<table>.<column>`` (every row, every column, as text),
     ``db-file:<suffix>`` (SQLite's .db, -wal, -shm, -journal), ``redis:<key>``
     (key or value of the rate-limit store), ``file:<path under the instance
-    folder>`` (zip members too, as ``file:<path>!<member>``), ``smtp:<to>``
-    (mail received by the test's SMTP server), and the names in `extra`
-    (e.g. a served process's output)."""
+    folder>`` (zip members too, as ``file:<path>!<member>``; other folders as
+    ``<name>:<path>`` for each name in `folders`), ``smtp:<to>`` (mail received by
+    the test's SMTP server), and the names in `extra` (e.g. a served process's
+    output)."""
     import zipfile
 
-    found: dict[str, set[str]] = {}
+    found = Found()
 
     def note(where: str, data: bytes) -> None:
+        found.scanned.add(where)
         for label in book.find(data):
             found.setdefault(label, set()).add(where)
 
@@ -509,14 +522,14 @@ def scan_all(book: Canaries, apps, caplog=None, capfd=None, *, mailbox=None, ext
                 note(f"redis:{key.decode(errors='replace')}", key + b"\n" + (r.dump(key) or b""))
         db.engine.dispose()
     seen: set[Path] = set()
-    for a in apps:
-        root = Path(a.instance_path)
+    roots = [("file", Path(a.instance_path)) for a in apps] + [(k, Path(v)) for k, v in (folders or {}).items()]
+    for name, root in roots:
         for p in _files(root):
             if p in seen:
                 continue
             seen.add(p)
             data = p.read_bytes()
-            where = f"file:{p.relative_to(root)}"
+            where = f"{name}:{p.relative_to(root)}"
             note(where, data)
             if zipfile.is_zipfile(p):
                 with zipfile.ZipFile(p) as z:

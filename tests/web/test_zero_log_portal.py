@@ -45,7 +45,7 @@ from app.models import PrivacyRequest, User, UserSession
 from app.models.types import utcnow
 from app.services.mail import deliver_pending
 from app.services.passwords import hash_password
-from tests.conftest import csrf_from
+from tests.conftest import BACKEND, csrf_from
 from tests.fakes.smtp import body as mail_body
 from tests.relay.test_zero_log import Canaries, all_logs, scan_all, unexpected  # noqa: F401 (all_logs: fixture)
 
@@ -162,8 +162,13 @@ def odd_requests(b: Browser, where: str, pages: tuple[str, ...]) -> None:
     b.get(f"/privacy/versions/{HUGE}", query_string={"zl": c(f"{where}.huge-id")})
 
 
-def check(book: Canaries, found: dict, allowed: dict, must_find: dict) -> None:
+def check(book: Canaries, found, allowed: dict, must_find: dict) -> None:
     """Each canary only where its field allows; each kept one found where it is kept."""
+    assert found.covered("log:") and found.covered("table:users.") and found.covered("table:audit_events.")
+    if BACKEND == "sqlite":
+        assert found.covered("db-file:.db")
+    else:
+        assert found.covered("redis:"), "the rate-limit store was read"
     allow = {book.label_of(text): places for text, places in allowed.items()}
     bad = unexpected(found, allow)
     assert bad == {}, "client text where it must not be:\n" + "\n".join(f"  {k}: {v}" for k, v in sorted(bad.items()))
