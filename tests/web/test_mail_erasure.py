@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import zipfile
 from datetime import timedelta
 from urllib.parse import urlsplit
@@ -26,11 +25,10 @@ from app.models.types import utcnow
 from app.services import exports, incidents, mail as mail_service, policy
 from app.services.audit import verify_chain
 from tests.conftest import Forms
-from tests.fakes.smtp import body, link
+from tests.fakes.smtp import link
 
 EMAIL = "ada@example.com"
 PASSWORD = "correct horse battery"
-CANCEL_RE = re.compile(r"https?://\S+/privacy-center/delete/cancel/\S+")
 
 
 def text(resp) -> str:
@@ -88,6 +86,21 @@ def export_of(app, client, mail, after: int = 0) -> dict[str, list[dict]]:
 
 
 # ---- erasure --------------------------------------------------------------------------
+
+def test_mail_cannot_be_queued_without_saying_whose_it_is(app, users):
+    """Mail that belongs to nobody would outlive its account's erasure: a
+    caller must name the account, or say there is none."""
+    ada = users.create(EMAIL)
+    with app.app_context(), app.test_request_context():
+        with pytest.raises(TypeError):
+            mail_service.queue(EMAIL, "test:x", "Hello", "notice_2fa", what="on")
+        with pytest.raises(TypeError):
+            mail_service.queue(EMAIL, "test:x", "Hello", "notice_2fa", user=None, user_id=ada, what="on")
+        mail_service.queue(EMAIL, "test:x", "Hello", "notice_2fa", user=db.session.get(User, ada), what="on")
+        mail_service.queue("visitor@example.org", "test:x", "Hello", "notice_2fa", user=None, what="on")
+        db.session.commit()
+    assert [(r.to_addr, r.user_id) for r in outbox(app)] == [(EMAIL, ada), ("visitor@example.org", None)]
+
 
 @pytest.mark.promise("P52")
 def test_a_new_account_on_an_erased_address_sees_none_of_the_old_owners_mail(app, client, forms, users, login,
