@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
 from flask import Flask, current_app, has_app_context
 from sqlalchemy import event
 from sqlalchemy.orm import Session
@@ -554,13 +554,18 @@ def request_export(user: User, source: str, request_id: int | None = None,
                                                              DataExport.status.in_(IN_FLIGHT)).limit(1))
     if busy is not None:
         raise ServiceError(BUSY)
-    exp = DataExport(user_id=user.id, source=source, request_id=request_id, status="queued", progress=0,
-                     created_at=now or utcnow())
-    try:
-        with db.session.begin_nested():  # two requests racing past the check: the index stops the second
-            db.session.add(exp)
-    except IntegrityError:
-        raise ServiceError(BUSY) from None
+    # Two requests racing past the check: the partial unique index stops the
+    # second, which inserts nothing. Not a savepoint: on SQLite, releasing one
+    # that opened the transaction commits it, before the audit row and
+    # whatever else the caller's transaction holds.
+    insert = (postgresql.insert if db.engine.dialect.name == "postgresql" else sqlite.insert)(DataExport)
+    export_id = db.session.execute(
+        insert.values(user_id=user.id, source=source, request_id=request_id, status="queued", progress=0,
+                      created_at=now or utcnow())
+        .on_conflict_do_nothing().returning(DataExport.id)).scalar()
+    if export_id is None:
+        raise ServiceError(BUSY)
+    exp = db.session.get(DataExport, export_id)
     record_event(user, "privacy:export:requested", export=exp.id, source=source, request=request_id)
     db.session.info["export_queued"] = True
     return exp

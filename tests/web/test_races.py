@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from app.extensions import db
 from app.models import ApiKey, AuditEvent, DataExport, IncidentNotice, OutboxMessage, User
 from app.models.types import utcnow
-from app.services import incidents, keys
+from app.services import exports, incidents, keys
 from tests.conftest import Forms
 from tests.served import Served
 from tests.web.real_http import Browser, at_once
@@ -163,6 +163,20 @@ def test_export_requests_at_once_on_two_server_processes_leave_one_export(app, u
     assert [r.status for r in res] == [302] * 4
     assert exports_of(app, uid) == ["queued"]
     assert other.get("/privacy-center/export/").text.count(">Waiting to start</span>") == 1
+
+
+@pytest.mark.promise("P51", "P55")
+def test_an_export_request_is_part_of_its_callers_transaction(app, users):
+    """The staff "carry out" path requests the export, then records its own
+    audit row and commits; if it fails and rolls back, no export may be left
+    behind without its audit trail (on SQLite a savepoint that opened the
+    transaction used to commit it on release)."""
+    uid = users.create(EMAIL)
+    with app.app_context():
+        exports.request_export(db.session.get(User, uid), "staff")
+        db.session.rollback()
+    assert exports_of(app, uid) == []
+    assert count(app, AuditEvent, AuditEvent.event == "privacy:export:requested") == 0
 
 
 # ---- key rotation (P10) ---------------------------------------------------------------
