@@ -171,3 +171,21 @@ def test_an_unreadable_spool_line_is_quarantined_without_its_content(make_app, t
         assert sorted(x.error_class for x in q) == ["unreadable_line", "unreadable_model"]
         dump = repr([vars(x) for x in q])
     assert CANARY not in dump
+
+
+@pytest.mark.promise("P22", "P60")
+def test_the_retention_job_replays_a_dead_processs_spool(make_app, tmp_path):
+    """A deployment whose crashed worker was never restarted still gets its
+    rows: `flask jobs run` replays orphan segments first, then rolls up."""
+    from app import jobs
+    from app.relay.meter import _decode, _encode
+
+    app = make_app()
+    rows = make_rows(3)
+    spool = tmp_path / "instance" / "spool"
+    spool.mkdir(parents=True, exist_ok=True)
+    lines = [_encode(_decode(json.dumps(r).encode())) for r in rows]
+    (spool / f"usage-{app.extensions['meter'].spool.db}-1-dead-000000.log").write_bytes(b"\n".join(lines) + b"\n")
+    assert jobs.run_all(app)["usage_spool_replayed"] == 3
+    with app.app_context():
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(UsageRecord)) == 3
