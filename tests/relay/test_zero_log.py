@@ -514,6 +514,13 @@ def scan_all(book: Canaries, apps, caplog=None, capfd=None, *, mailbox=None, ext
                 p = Path(str(base) + suffix)
                 if p.exists():
                     note(f"db-file:{suffix or '.db'}", read_locked_file(p))
+        else:
+            # The cluster's data files are not ours to read; its server log is a log.
+            with engine.connect() as conn:
+                data_dir = Path(conn.execute(sa.text("SHOW data_directory")).scalar())
+            server_log = data_dir.parent / "log"  # where tests/servers.py's cluster writes it
+            if server_log.exists():
+                note("postgres-log", read_locked_file(server_log))
         storage = app.config["RATELIMIT_STORAGE_URI"]
         if storage.startswith("redis"):
             import redis

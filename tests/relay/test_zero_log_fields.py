@@ -477,3 +477,29 @@ def test_served_by_granian_nothing_reaches_its_output(make_app, database_url, tm
     assert bad == {}, f"client text kept where it must not be: {bad}"
     assert "table:usage_records.project" in found.get("label.project", set()), found
     assert any(p.startswith("served:mail/") for p in found.get("portal.signup-email", ())), found
+
+
+@pytest.mark.promise("P23")
+@pytest.mark.xfail(strict=True, reason="scripts/serve.sh's ACCESS_LOG=1 turns on granian's default access log, "
+                                       "whose %(path)s holds the tokens of emailed links and /v1/models/<name>")
+def test_with_the_access_log_on_no_token_or_client_text_is_logged(make_app, database_url, tmp_path):
+    """`ACCESS_LOG=1 make run` logs a line per request. A path can be a secret
+    (/reset/<token>, /login/link/<token>, an export's download link) or client
+    text (/v1/models/<anything>): the line may name the method, status and
+    time, not the path."""
+    book = Canaries()
+    make_app()  # the database is emptied after the test
+    served = Served(database_url, tmp_path / "served", workers=1, ACCESS_LOG="1").start()
+    try:
+        for path in ("/reset/", "/login/link/", "/verify/", "/privacy-center/export/download/",
+                     "/privacy-center/unsubscribe/", "/staff/verify/", "/privacy-center/delete/cancel/",
+                     "/v1/models/"):
+            r = httpx.get(served.url + path + book(f"access-log{path}"), params={"next": book(f"query{path}")},
+                          headers={"Authorization": "Bearer " + book(f"bearer{path}")}, timeout=10)
+            assert r.status_code in (302, 400, 401, 404), (path, r.status_code)
+    finally:
+        served.stop()
+    log = served.log()
+    assert '" 400 ' in log or '" 401 ' in log, "the access log is on"
+    found = book.find(log.encode())
+    assert found == set(), f"in the server's access log: {sorted(found)}"

@@ -162,12 +162,14 @@ def odd_requests(b: Browser, where: str, pages: tuple[str, ...]) -> None:
     b.get(f"/privacy/versions/{HUGE}", query_string={"zl": c(f"{where}.huge-id")})
 
 
-def check(book: Canaries, found, allowed: dict, must_find: dict) -> None:
-    """Each canary only where its field allows; each kept one found where it is kept."""
+def check(book: Canaries, found, allowed: dict, must_find: dict, requests: bool = True) -> None:
+    """Each canary only where its field allows; each kept one found where it is kept.
+    (And the scan read what it should: a log, the tables, SQLite's file, or
+    Redis once requests went through the limiter.)"""
     assert found.covered("log:") and found.covered("table:users.") and found.covered("table:audit_events.")
     if BACKEND == "sqlite":
         assert found.covered("db-file:.db")
-    else:
+    elif requests:
         assert found.covered("redis:"), "the rate-limit store was read"
     allow = {book.label_of(text): places for text, places in allowed.items()}
     bad = unexpected(found, allow)
@@ -595,13 +597,10 @@ def test_address_variants_at_the_per_account_limits_keep_no_address(make_app, mo
     check(book, found, allowed={}, must_find={})
 
 
-def test_a_failed_flush_and_its_error_page_keep_nothing_the_row_carried(portal, all_logs, capfd):
-    """A view that fails mid-flush, with client text in the rows it wrote and
-    in the request: the 500 page in the layout, and nothing of it in a log line
-    (SQLAlchemy's engine at DEBUG: statements with their parameters hidden), a
-    table or the database's files. No route is known to fail so any more; one
-    added for the test stands in for the next."""
-    app, book = portal, Canaries()
+def failed_flush(app, book: Canaries):
+    """A signed-in POST to a view that fails mid-flush with client text in the
+    rows it wrote: a change to the person's own row, and a new row the database
+    refuses (NOT NULL). Returns the labels of that text."""
     make_user(app, "ada@example.com")
 
     @app.post("/test-only/failed-flush")
@@ -609,21 +608,72 @@ def test_a_failed_flush_and_its_error_page_keep_nothing_the_row_carried(portal, 
         from flask import request
         from flask_login import current_user
         current_user.name = request.form["name"]          # a change the failure must undo
-        db.session.add(User(email="ada@example.com", email_key="ada@example.com", password_hash=request.form["pw"],
-                            name=request.form["name"], company=request.form["company"]))
-        db.session.flush()                                 # refused: the address is taken
+        db.session.add(User(email=request.form["email"], email_key=request.form["email"],
+                            password_hash=request.form["pw"], name=request.form["name"],
+                            company=request.form["company"]))  # no age_confirmed_at: refused
+        db.session.flush()
         return "unreachable"
 
     ada = Browser(app, book, "flush")
     ada.login("ada@example.com", user_agent="Firefox")
     r = ada.client.post("/test-only/failed-flush", headers=ada.headers, data={
         "csrf_token": ada.token(), "name": book("flush.name"), "pw": book("flush.password"),
-        "company": book("flush.company") + "é" * 10})
+        "email": book("flush.email") + "@example.com", "company": book("flush.company") + "é" * 10})
     assert r.status_code == 500 and "Something went wrong" in r.get_data(as_text=True)
     assert book("flush.name") not in r.get_data(as_text=True)
     assert ada.get("/account/").status_code == 200  # the session goes on after the rollback
+    return ("flush.name", "flush.password", "flush.email", "flush.company")
 
+
+def test_a_failed_flush_and_its_error_page_keep_nothing_the_row_carried(portal, all_logs, capfd):
+    """The 500 page in the layout, and nothing of the refused rows in a log line
+    (SQLAlchemy's engine at DEBUG: statements, their parameters hidden), a table
+    or the database's files. No route is known to fail so any more; one added
+    for the test stands in for the next. (PostgreSQL's own server log is the
+    next test.)"""
+    app, book = portal, Canaries()
+    labels = failed_flush(app, book)
     found = scan_all(book, [app], all_logs, capfd)
     assert any(rec.name.startswith("sqlalchemy.engine") and "INSERT INTO users" in rec.getMessage()
                for rec in all_logs.records), "the engine's statements were captured"
-    check(book, found, allowed={}, must_find={})
+    check(book, found, allowed={book(label): ("postgres-log",) for label in labels}, must_find={})
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="PostgreSQL's own server log")
+@pytest.mark.xfail(strict=True, reason="PostgreSQL logs a refused row's values (DETAIL: Failing row contains "
+                                       "(...) / Key (...)=(...)) at the default log_error_verbosity; the "
+                                       "cluster needs log_error_verbosity = terse")
+def test_postgresql_logs_nothing_of_a_refused_row(portal, all_logs, capfd):
+    app, book = portal, Canaries()
+    labels = failed_flush(app, book)
+    found = scan_all(book, [app], all_logs, capfd)
+    assert found.covered("postgres-log")
+    assert {label: found[label] for label in labels if "postgres-log" in found.get(label, ())} == {}
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="only PostgreSQL's errors quote the row")
+@pytest.mark.xfail(strict=True, reason="log.exception() in app/jobs.py run_all (and mail.py MailWorker, "
+                                       "deletion.py erase_due) writes the exception's text, which on PostgreSQL "
+                                       "carries DETAIL: Failing row contains (...): hide_parameters does not hide it")
+def test_a_background_step_that_fails_logs_no_value_of_the_row(portal, monkeypatch, all_logs, capfd):
+    """A retention step the database refuses mid-way (here: an erasure-like
+    UPDATE that breaks a NOT NULL constraint). The step is reported as failed
+    and the next run tries again; the log says which step and why (the class),
+    and nothing of the row: on PostgreSQL the error's own text quotes the whole
+    refused row, the person's name and company among it."""
+    from app import jobs
+
+    app, book = portal, Canaries()
+    uid = make_user(app, "ada@example.com", name=book("row.name"), company=book("row.company"))
+
+    def refused_step(now):
+        db.session.execute(sa.update(User).where(User.id == uid).values(email=None))
+        return 1
+
+    monkeypatch.setattr(jobs, "rollup_usage", refused_step)
+    result = jobs.run_all(app)
+    assert result["usage_rolled_up"] == "error: IntegrityError"
+    found = scan_all(book, [app], all_logs, capfd)
+    kept = ("table:users.*", "postgres-log", *DATABASE)  # the server's log: the test before
+    check(book, found, allowed={book("row.name"): kept, book("row.company"): kept},
+          must_find={book("row.name"): "table:users.name"}, requests=False)
