@@ -7,7 +7,6 @@ off, so holding it grants nothing else.
 """
 from __future__ import annotations
 
-import sqlalchemy as sa
 from flask import current_app
 from itsdangerous import BadSignature, URLSafeSerializer
 
@@ -39,17 +38,21 @@ def unsubscribe_url(user: User) -> str:
     return f"{current_app.config['BASE_URL']}/privacy-center/unsubscribe/{make_token(user)}"
 
 
-def list_unsubscribe_headers(to_addr: str) -> dict[str, str]:
-    """RFC 8058 one-click unsubscribe headers for a mail to `to_addr`, or {}.
+def list_unsubscribe_headers(user_id: int | None, to_addr: str) -> dict[str, str]:
+    """RFC 8058 one-click unsubscribe headers for a mail about account
+    `user_id` sent to `to_addr`, or {}.
 
     No mail carries a marketing footer yet, so the headers go on every mail to
     an account whose marketing consent is on at the moment of sending: a mail
     client's "Unsubscribe" then withdraws it in one click (a POST with
-    "List-Unsubscribe=One-Click" to the signed link). Anyone else, including an
-    address that is not an account's (a new address being confirmed), gets
-    none: there is nothing to unsubscribe from.
+    "List-Unsubscribe=One-Click" to the signed link). The account is the one
+    the message belongs to, never one found by address (an address can change
+    hands); and only mail to its current address carries them (not the notice
+    to an old address after an email change, nor mail tied to no account).
     """
-    user = db.session.scalar(sa.select(User).where(User.email_key == to_addr.lower()))
+    user = db.session.get(User, user_id) if user_id is not None else None
+    if user is not None and user.email_key != to_addr.lower():
+        user = None
     if user is None or not user.marketing_email:
         return {}
     return {"List-Unsubscribe": f"<{unsubscribe_url(user)}>",

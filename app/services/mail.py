@@ -73,7 +73,7 @@ def _build(app: Flask, row: OutboxMessage) -> EmailMessage:
     em["Auto-Submitted"] = "auto-generated"
     # Mail tied to no account (an erased one's receipt) withdraws nobody's
     # consent: the address may have a new owner by the time it goes.
-    extra = consent_links.list_unsubscribe_headers(row.to_addr) if row.user_id is not None else {}
+    extra = consent_links.list_unsubscribe_headers(row.user_id, row.to_addr)
     if extra:
         # Stored as given, on one line each: folded, a long URL would turn into an
         # RFC 2047 encoded word that no mail client reads as a link.
