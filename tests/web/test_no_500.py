@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import re
+import types
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -43,6 +44,7 @@ from app.extensions import csrf, db
 from app.models import User, UserSession
 from app.models.types import utcnow
 from tests.conftest import Forms, csrf_from
+from tests.fakes import provider as provider_module
 from tests.fakes.provider import FakeProvider
 
 pytestmark = pytest.mark.promise("P23")
@@ -56,15 +58,15 @@ PROVIDERS = """
 kind = "openai"
 base_url = "{fake}/v1"
 api_key_env = "NO500_UPSTREAM_KEY"
-first_byte_timeout = 2
-read_timeout = 3
+first_byte_timeout = 15
+read_timeout = 20
 
 [providers.claude]
 kind = "anthropic"
 base_url = "{fake}"
 api_key_env = "NO500_UPSTREAM_KEY"
-first_byte_timeout = 2
-read_timeout = 3
+first_byte_timeout = 15
+read_timeout = 20
 
 [[models]]
 name = "gpt-test"
@@ -117,6 +119,7 @@ class World:
     key: str = ""
     fields: tuple = ()
     identities: dict = field(default_factory=dict)
+    fake_bugs: list = field(default_factory=list)  # one entry per request the fake provider failed on
     exempt: frozenset = frozenset()
     accounts: int = 0                             # made when a caller's own was lost
 
@@ -188,12 +191,18 @@ def world(make_app, fake, tmp_path, monkeypatch) -> World:
     monkeypatch.setattr("app.web.ANSWER_FLOOR_SECONDS", 1e-6, raising=False)
     providers = tmp_path / "providers.toml"
     providers.write_text(PROVIDERS.format(fake=fake.base_url))
+    bugs: list = []
+    # The fake provider answers 500 ("fake provider bug") to bodies it cannot read, where a real
+    # one would answer 400; the relay then honestly says 502. Counted, so such a 502 is told
+    # apart from the relay's own failures.
+    monkeypatch.setattr(provider_module, "traceback",
+                        types.SimpleNamespace(print_exc=lambda *a, **k: bugs.append(1)))
     app = make_app(PROVIDERS_FILE=str(providers), RATELIMIT_AUTH=LIMITS, RATELIMIT_RESEND=LIMITS,
                    RATELIMIT_EXPORT_REQUEST=LIMITS, RATELIMIT_EXPORT_API=LIMITS,
                    RELAY_KEY_RPM="1000000", RELAY_KEY_TPM="100000000", RELAY_ACCOUNT_RPM="1000000",
                    RELAY_ACCOUNT_TPM="100000000")
     app.config["PROPAGATE_EXCEPTIONS"] = False  # a crash is answered as in production, and judged
-    w = World(app=app, client=app.test_client(use_cookies=False), fields=form_field_names(app))
+    w = World(app=app, client=app.test_client(use_cookies=False), fields=form_field_names(app), fake_bugs=bugs)
     uid = make_user(app, "ada@example.com")
     sid = make_user(app, "grace@example.com", staff=True)
     lid = make_user(app, "lin@example.com")  # whose emailed links are followed: a reset must not lock ada out
@@ -320,11 +329,12 @@ def anthropic_asked(sent: Sent) -> bool:
     return any(k.lower() == "anthropic-version" and v for k, v in sent.headers.items())
 
 
-def judge(w: World, sent: Sent, resp, rule: Rule | None) -> None:
-    """What a client would notice, asserted for one answer."""
+def judge(w: World, sent: Sent, resp, rule: Rule | None, upstream_broke: bool = False) -> None:
+    """What a client would notice, asserted for one answer. `upstream_broke`:
+    the fake provider failed on this request, so the relay's 502 is the truth."""
     body = resp.get_data()
     where = f"{sent.short()} -> {resp.status_code} {body[:200]!r}"
-    assert resp.status_code < 500, where
+    assert resp.status_code < 500 or (upstream_broke and resp.status_code == 502), where
     for marker in TRACE_MARKERS:
         assert marker not in body, where
     if sent.path.startswith("/v1/"):
@@ -388,8 +398,10 @@ def restore(w: World, ident: Identity) -> Identity:
 
 def send(w: World, sent: Sent, rule: Rule | None, caplog) -> None:
     caplog.clear()
+    bugs = len(w.fake_bugs)
     resp = w.client.open(sent.path, **sent.kwargs())
-    judge(w, sent, resp, rule)
+    resp.get_data()  # a stream runs to its end here
+    judge(w, sent, resp, rule, upstream_broke=len(w.fake_bugs) > bugs)
     resp.close()
     leaked = [r.getMessage() for r in caplog.records if CANARY in r.getMessage()]
     assert not leaked, f"{sent!r}: client input in a log line: {leaked[:1]}"
