@@ -323,6 +323,12 @@ def _scan(apps, caplog, capfd, c: Canary) -> list[str]:
 @pytest.fixture
 def all_logs(caplog):
     """Every logger at DEBUG for the test, werkzeug's included."""
+    yield from capture_all_logs(caplog)
+
+
+def capture_all_logs(caplog):
+    """The body of the `all_logs` fixture, for the other zero-log modules'
+    own fixture of that name."""
     caplog.set_level(logging.DEBUG)
     for name in ["werkzeug", "app", "app.relay", "sqlalchemy", "urllib3", *logging.root.manager.loggerDict]:
         if name.split(".")[0] not in CLIENT_LOGGERS:

@@ -32,9 +32,16 @@ from app.services import keys as key_service
 from app.services.passwords import hash_password
 from tests.conftest import BACKEND
 from tests.relay.conftest import PROVIDERS, UPSTREAM_KEY
-from tests.relay.test_zero_log import Canaries, all_logs, scan_all, unexpected  # noqa: F401 (all_logs: fixture)
+from tests.relay.test_zero_log import Canaries, capture_all_logs, scan_all, unexpected
 from tests.served import Served
 from tests.servers import free_port
+
+
+@pytest.fixture
+def all_logs(caplog):
+    """Every logger at DEBUG (tests.relay.test_zero_log)."""
+    yield from capture_all_logs(caplog)
+
 
 # A label the client chose, meant for its column (P22); on its way there a
 # usage row waits in the spool file (app/relay/spool.py).
@@ -214,8 +221,8 @@ def drive(s: Sender, fake, make_key, *, small_url: str | None = None) -> None:
         s.chat({"model": "claude-test", "messages": [{"role": c("e400.role"), "content": c("e400.role-content")}]})
     # bodies that are not a JSON object, with canaries in them
     for path in ("/v1/chat/completions", "/v1/messages", "/v1/embeddings"):
-        r = s.raw("POST", path, content=('{"model": "gpt-test", "messages": [{"content": "%s"'
-                                         % c(f"e400.invalid-json{path}")).encode(),
+        r = s.raw("POST", path, content=('{"model": "gpt-test", "messages": [{"content": "'
+                                         + c(f"e400.invalid-json{path}")).encode(),
                   headers={"Content-Type": "application/json"})
         assert r.status_code == 400
         r = s.raw("POST", path, json=[c(f"e400.json-array{path}")])
@@ -301,12 +308,12 @@ def drive(s: Sender, fake, make_key, *, small_url: str | None = None) -> None:
             s.messages(s.messages_body(f"stream.cut.{model}", model=model))
     # the client goes away mid-stream
     fake.push_fault(chunk_delay=0.05, chunks=40)
-    with httpx.Client(timeout=10) as client:
-        with client.stream("POST", s.url + "/v1/chat/completions", json=s.chat_body("stream.client-gone", stream=True),
-                           headers={**s.headers, "Authorization": f"Bearer {s.key}"}) as resp:
-            for line in resp.iter_lines():
-                if line.startswith("data:"):
-                    break
+    with httpx.Client(timeout=10) as client, client.stream(
+            "POST", s.url + "/v1/chat/completions", json=s.chat_body("stream.client-gone", stream=True),
+            headers={**s.headers, "Authorization": f"Bearer {s.key}"}) as resp:
+        for line in resp.iter_lines():
+            if line.startswith("data:"):
+                break
 
     # -- 413: a body over the size limit, on a relay with a small one
     if small_url is not None:

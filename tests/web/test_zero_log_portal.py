@@ -43,13 +43,21 @@ import sqlalchemy as sa
 from app.extensions import db
 from app.models import PrivacyRequest, User, UserSession
 from app.models.types import utcnow
+from app.numbers import IntConverter
 from app.services.mail import deliver_pending
 from app.services.passwords import hash_password
 from tests.conftest import BACKEND, csrf_from
 from tests.fakes.smtp import body as mail_body
-from tests.relay.test_zero_log import Canaries, all_logs, scan_all, unexpected  # noqa: F401 (all_logs: fixture)
+from tests.relay.test_zero_log import Canaries, capture_all_logs, scan_all, unexpected
 
 pytestmark = pytest.mark.promise("P23")
+
+
+@pytest.fixture
+def all_logs(caplog):
+    """Every logger at DEBUG (tests.relay.test_zero_log)."""
+    yield from capture_all_logs(caplog)
+
 
 PASSWORD = "correct horse battery"
 LIMITS = "100000 per minute"
@@ -184,7 +192,7 @@ def check(book: Canaries, found, allowed: dict, must_find: dict, requests: bool 
 def test_signed_out_forms_keep_only_the_address_an_account_is_opened_with(portal, smtp, all_logs, capfd):
     app, book = portal, Canaries()
     c = book
-    ada = make_user(app, "ada@example.com")
+    make_user(app, "ada@example.com")
     totp_secret = pyotp.random_base32()
     carol = make_user(app, "carol@example.com")
     with app.app_context():
@@ -677,3 +685,53 @@ def test_a_background_step_that_fails_logs_no_value_of_the_row(portal, monkeypat
     kept = ("table:users.*", "postgres-log", *DATABASE)  # the server's log: the test before
     check(book, found, allowed={book("row.name"): kept, book("row.company"): kept},
           must_find={book("row.name"): "table:users.name"}, requests=False)
+
+
+# ---- every route, every field name --------------------------------------------------------
+
+def form_field_names() -> list[str]:
+    """Every field name of every form in the app."""
+    from flask_wtf import FlaskForm
+    from wtforms.fields.core import UnboundField
+
+    names: set[str] = set()
+    todo = list(FlaskForm.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        names.update(n for n in dir(cls) if isinstance(getattr(cls, n, None), UnboundField))
+    return sorted(names - {"csrf_token"})
+
+
+@pytest.mark.parametrize("who", ["signed-out", "staff"])
+def test_every_route_with_a_canary_in_every_field_keeps_none(portal, who, all_logs, capfd):
+    """Each rule of the URL map, with a canary for its path parameters (ids out
+    of range), its query string and every form field name the app knows, sent
+    as a form and as JSON: nothing of it is kept. (Every field that keeps what
+    it is given needs a valid id or a valid neighbour, which the tests above
+    give it; here each form is refused or names nothing.)"""
+    app, book = portal, Canaries()
+    make_user(app, "grace@example.com", is_staff=True)
+    b = Browser(app, book, who)
+    if who == "staff":
+        b.login("grace@example.com", user_agent="Firefox")
+    names = form_field_names()
+    assert {"email", "password", "code", "value", "name", "details", "note", "reason", "summary",
+            "notice_body", "description", "word", "theme", "range_days"} <= set(names)
+    rules = sorted(app.url_map.iter_rules(), key=lambda r: (r.rule.startswith("/logout"), r.rule))
+    for rule in rules:
+        if rule.endpoint == "static" or rule.rule.startswith("/test-only"):
+            continue
+        path = rule.rule
+        for arg, conv in rule._converters.items():
+            value = HUGE if isinstance(conv, IntConverter) else book(f"{rule.endpoint}.path.{arg}")
+            path = re.sub(rf"<(?:[a-z]+:)?{arg}>", value, path)
+        query = {n: book(f"{rule.endpoint}.query.{n}") for n in ("page", "next", "q", *names[:8])}
+        if "GET" in rule.methods:
+            b.get(path, query_string=query)
+        if "POST" in rule.methods:
+            fields = {n: book(f"{rule.endpoint}.form.{n}") for n in names}
+            b.post(path, fields, query_string={"next": book(f"{rule.endpoint}.post-next")})
+            b.json(path, {n: book(f"{rule.endpoint}.json.{n}") for n in names})
+    found = scan_all(book, [app], all_logs, capfd)
+    check(book, found, allowed={}, must_find={})
