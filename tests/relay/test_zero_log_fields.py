@@ -252,7 +252,10 @@ def drive(s: Sender, fake, make_key, *, small_url: str | None = None) -> None:
 
     # -- 429 from the relay's own limits: requests, then tokens
     # (One client per key: its kept-alive connection stays on one server process,
-    # whose counters are its own unless the limits are in Redis.)
+    # whose counters are its own unless the limits are in Redis. The windows are
+    # whole minutes: not across the end of one.)
+    while time.time() % 60 > 55:
+        time.sleep(0.2)
     _, slow = make_key(name="limited", rpm_limit=1)
     slow = s.openai(key=slow)
     s.chat(s.chat_body("e429.first"), client=slow)

@@ -574,7 +574,7 @@ def test_address_variants_at_the_per_account_limits_keep_no_address(make_app, mo
     keyed hash of the normalized address); past it, the 429 page. Neither the
     address nor any spelling of it is kept: not in Redis, not in a log line."""
     monkeypatch.setattr("app.web.ANSWER_FLOOR_SECONDS", 1e-6)
-    app = make_app(RATELIMIT_AUTH="3 per minute")
+    app = make_app(RATELIMIT_AUTH="3 per hour")  # an hour: no window ends between the attempts
     app.config["PROPAGATE_EXCEPTIONS"] = False
     book = Canaries()
     make_user(app, "ada@example.com")
