@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Flask
 
-from app import config
+from app import config, logsafe
 from app.extensions import csrf, db, limiter, login_manager
 
 ROOT = config.ROOT
@@ -38,6 +38,7 @@ def create_app(overrides: dict[str, Any] | None = None, migrations: bool = True)
                 instance_path=settings["INSTANCE_DIR"])
     app.config.update(settings)
     logging.basicConfig(level=app.config["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logsafe.install()  # no exception's message in any log line, whoever logs it (P23)
 
     db.init_app(app)
     _tune_sqlite(app)

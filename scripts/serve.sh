@@ -12,15 +12,20 @@ HOST=${BIND%:*}
 PORT=${BIND##*:}
 "$BIN/flask" db upgrade
 "$BIN/flask" policy sync
+# The access log (ACCESS_LOG=1) never has a path or query string: paths carry
+# link tokens (/reset/<token>, export downloads) and model names (P23).
+GRANIAN_FMT='[%(time)s] %(addr)s "%(method)s" %(status)d %(dt_ms).3f'
+GUNICORN_FMT='%(h)s %(t)s "%(m)s" %(s)s %(M)s'
 case "${SERVER:-granian}" in
   granian)
     exec "$BIN/granian" --interface wsgi --host "$HOST" --port "$PORT" \
       --workers "${WORKERS:-2}" --blocking-threads "${THREADS:-512}" \
       --respawn-failed-workers --respawn-interval "${RESPAWN_INTERVAL:-1}" \
-      --backlog 2048 ${ACCESS_LOG:+--access-log} wsgi:app ;;
+      --backlog 2048 ${ACCESS_LOG:+--access-log --access-log-fmt "$GRANIAN_FMT"} wsgi:app ;;
   gunicorn)
     exec "$BIN/gunicorn" --bind "$BIND" --workers "${WORKERS:-2}" --threads "${THREADS:-64}" \
-      --worker-class gthread --backlog 2048 ${ACCESS_LOG:+--access-logfile -} wsgi:app ;;
+      --worker-class gthread --backlog 2048 ${ACCESS_LOG:+--access-logfile - --access-logformat "$GUNICORN_FMT"} \
+      wsgi:app ;;
   *)
     echo "SERVER must be granian or gunicorn" >&2; exit 2 ;;
 esac

@@ -332,7 +332,12 @@ def audit():
             subject_error = "Enter an account id (a whole number)."
     chain = verify_chain()  # before this page adds its own rows
     page = queue.audit_page(prefix, subject_id, page_number(request.args.get("page")))
-    record_event(current_user, "staff:audit:viewed", **({"event_prefix": prefix} if prefix else {}))
+    # What staff typed is kept only when it is the start of a real event tag: a
+    # name or an address typed into the filter is not an audit fact (P23).
+    known = bool(prefix) and db.session.scalar(
+        sa.select(AuditEvent.id).where(AuditEvent.event.startswith(prefix, autoescape=True)).limit(1)) is not None
+    record_event(current_user, "staff:audit:viewed",
+                 **({"event_prefix": prefix} if known else {"filtered": True} if prefix else {}))
     if subject_id is not None and db.session.get(User, subject_id) is not None:
         # Audit rows about a person are their data too.
         privacy.record_staff_view(current_user, subject_id, what="audit events")

@@ -490,8 +490,6 @@ def test_served_by_granian_nothing_reaches_its_output(make_app, database_url, tm
 
 
 @pytest.mark.promise("P23")
-@pytest.mark.xfail(strict=True, reason="scripts/serve.sh's ACCESS_LOG=1 turns on granian's default access log, "
-                                       "whose %(path)s holds the tokens of emailed links and /v1/models/<name>")
 def test_with_the_access_log_on_no_token_or_client_text_is_logged(make_app, database_url, tmp_path):
     """`ACCESS_LOG=1 make run` logs a line per request. A path can be a secret
     (/reset/<token>, /login/link/<token>, an export's download link) or client

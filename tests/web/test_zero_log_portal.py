@@ -552,8 +552,6 @@ def test_staff_forms_keep_their_records_in_their_columns_only(portal, make_app, 
                   c("incident.body"): "smtp:ada@example.com", c("policy.summary"): "smtp:ada@example.com"})
 
 
-@pytest.mark.xfail(strict=True, reason="the staff audit page records its search text (event_prefix) in the "
-                                       "audit log: app/staff/routes.py audit()")
 def test_the_staff_audit_search_is_not_recorded(portal, all_logs, capfd):
     """A search filter is client text: the audit row that records a staff view of
     the audit log may say that a filter was used, not what was typed."""
@@ -648,9 +646,6 @@ def test_a_failed_flush_and_its_error_page_keep_nothing_the_row_carried(portal, 
 
 
 @pytest.mark.skipif(BACKEND != "postgresql", reason="PostgreSQL's own server log")
-@pytest.mark.xfail(strict=True, reason="PostgreSQL logs a refused row's values (DETAIL: Failing row contains "
-                                       "(...) / Key (...)=(...)) at the default log_error_verbosity; the "
-                                       "cluster needs log_error_verbosity = terse")
 def test_postgresql_logs_nothing_of_a_refused_row(portal, all_logs, capfd):
     app, book = portal, Canaries()
     labels = failed_flush(app, book)
@@ -660,9 +655,6 @@ def test_postgresql_logs_nothing_of_a_refused_row(portal, all_logs, capfd):
 
 
 @pytest.mark.skipif(BACKEND != "postgresql", reason="only PostgreSQL's errors quote the row")
-@pytest.mark.xfail(strict=True, reason="log.exception() in app/jobs.py run_all (and mail.py MailWorker, "
-                                       "deletion.py erase_due) writes the exception's text, which on PostgreSQL "
-                                       "carries DETAIL: Failing row contains (...): hide_parameters does not hide it")
 def test_a_background_step_that_fails_logs_no_value_of_the_row(portal, monkeypatch, all_logs, capfd):
     """A retention step the database refuses mid-way (here: an erasure-like
     UPDATE that breaks a NOT NULL constraint). The step is reported as failed
