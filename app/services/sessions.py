@@ -19,13 +19,20 @@ from app.services.crypto import token_hash
 TOUCH_EVERY = timedelta(minutes=5)  # write last_seen at most this often
 
 
+def device_label(user_agent: str | None) -> str | None:
+    """The sign-in's User-Agent as the device label the person sees: printable
+    characters only (a NUL or control character is not storable text), 200 at most."""
+    text = "".join(ch for ch in (user_agent or "") if ch.isprintable())
+    return text.strip()[:200] or None
+
+
 def start(user: User, method: str, user_agent: str | None) -> str:
     """Create a session and return its raw id for the cookie (never stored)."""
     raw = secrets.token_urlsafe(32)
     now = utcnow()
     db.session.add(UserSession(user_id=user.id, token_hash=token_hash(raw, "session"),
                                created_at=now, last_seen_at=now, authenticated_at=now,
-                               method=method, user_agent=(user_agent or "")[:200] or None))
+                               method=method, user_agent=device_label(user_agent)))
     return raw
 
 

@@ -125,3 +125,10 @@ def test_normalize_email_is_case_insensitive_on_the_key(ctx):
     assert key == "ada.lovelace@example.com"
     with pytest.raises(ServiceError, match="valid email"):
         accounts.normalize_email("not-an-address")
+
+
+def test_a_device_label_keeps_printable_text_only():
+    from app.services.sessions import device_label
+    assert device_label("Mozilla/5.0\x00\r\n(X11)\x1b[31m") == "Mozilla/5.0(X11)[31m"
+    assert device_label("\x00\x01") is None and device_label(None) is None
+    assert len(device_label("a" * 500)) == 200
