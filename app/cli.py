@@ -4,7 +4,6 @@ from __future__ import annotations
 import sys
 
 import click
-import sqlalchemy as sa
 from flask import Flask, current_app
 
 from app.extensions import db

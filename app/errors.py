@@ -12,7 +12,6 @@ plain one is sent instead, naming only the exception's type in the log.
 from __future__ import annotations
 
 import logging
-import traceback
 
 from flask import Flask, Response, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
@@ -20,6 +19,7 @@ from markupsafe import escape
 from werkzeug.exceptions import HTTPException
 
 from app.extensions import db
+from app.logsafe import where
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +50,6 @@ def _rollback() -> None:
         log.error("rollback before an error page failed: %s", type(exc).__name__)
 
 
-def _frames(exc: BaseException) -> str:
-    # Type and stack frames only: an exception's message could quote a body (P23).
-    return " <- ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}"
-                       for f in reversed(traceback.extract_tb(exc.__traceback__)))
-
-
 def _plain_page(code: int, title: str, message: str) -> Response:
     """The error page without the layout (no database, no template), for when
     the layout itself cannot be drawn."""
@@ -74,7 +68,7 @@ def render_error(code: int, detail: str | None = None):
     try:
         return render_template("errors/error.html", code=code, title=title, message=detail or message), code
     except Exception as exc:
-        log.error("error page %s failed: %s at %s", code, type(exc).__name__, _frames(exc))
+        log.error("error page %s failed: %s at %s", code, type(exc).__name__, where(exc))
         _rollback()
         return _plain_page(code, title, detail or message)
 
@@ -95,5 +89,7 @@ def init_app(app: Flask) -> None:
     def unexpected(exc: Exception):
         if isinstance(exc, HTTPException):
             return http_error(exc)
-        log.error("unhandled %s at %s %s: %s", type(exc).__name__, request.method, request.path, _frames(exc))
+        # The route's rule, not the path: paths carry link tokens (/reset/<token>).
+        rule = request.url_rule.rule if request.url_rule is not None else "(no route)"
+        log.error("unhandled %s at %s %s: %s", type(exc).__name__, request.method, rule, where(exc))
         return render_error(500)

@@ -12,7 +12,6 @@ import logging
 import re
 import secrets
 import time
-import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -23,6 +22,7 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from app.extensions import db
+from app.logsafe import where
 from app.models import ApiKey, User
 from app.relay import translate as tr
 from app.relay import upstream
@@ -738,9 +738,9 @@ class RelayDispatch:
         except HTTPException as exc:
             resp = self._error(req, exc.code or 500)
         except Exception as exc:  # never a stack trace to a client; never a body in the log
-            frames = " <- ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}"
-                                 for f in reversed(traceback.extract_tb(exc.__traceback__)))
-            log.error("unhandled %s at %s %s: %s", type(exc).__name__, req.method, path, frames)
+            # The route, not the path: a path can hold client text (/v1/models/<name>).
+            route = path if (path, environ["REQUEST_METHOD"]) in _EXACT else "/v1/…"
+            log.error("unhandled %s at %s %s: %s", type(exc).__name__, req.method, route, where(exc))
             resp = self._error(req, 500)
         h = resp.headers
         h["x-request-id"] = rid
