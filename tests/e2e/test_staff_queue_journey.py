@@ -1,7 +1,7 @@
 """A privacy request received by email, worked from the staff queue in a real
 browser (P53, P54, P55): staff file it, send a confirmation link, the person
 confirms from their mailbox, staff restrict the account and close the request,
-and the person is emailed the outcome."""
+the person is emailed the outcome and their keys page says processing is paused."""
 from __future__ import annotations
 
 import re
@@ -76,6 +76,13 @@ def test_staff_work_an_emailed_restriction_request(page: Page, browser, live_ser
 
     closing = smtp.mailbox.wait_for(person, f"Your privacy request #{req_id} is closed", timeout=MAIL_TIMEOUT)
     assert "Your keys are suspended until you ask us to lift it." in body(closing)
+
+    # The person's keys page says processing is paused and offers no new key (P53).
+    page.goto(live_server("/keys/"))
+    expect(page.get_by_text("Your account is restricted.")).to_be_visible()
+    expect(page.get_by_role("button", name="Create key")).to_have_count(0)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path="/tmp/e2e-keys-restricted-390.png", full_page=True)
 
     with live_server.app.app_context():
         req = db.session.get(PrivacyRequest, req_id)
