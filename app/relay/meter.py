@@ -171,7 +171,10 @@ class Meter(BackgroundWorker):
         self.next_recovery = 0.0
         self.backoff = 0.5
         self._insert = None
-        atexit.register(self.flush, 10.0)
+        # At exit, a short wait for the last rows; what is not written by then
+        # stays in the spool for the next process (so a database outage does
+        # not hold a stopping worker for long).
+        atexit.register(self.flush, 3.0)
 
     # ---- the request side -------------------------------------------------------------
 
