@@ -267,7 +267,12 @@ def test_wrong_usage_embeddings(relay, fake):
 def test_client_disconnect_drops_the_upstream_call(relay, fake, path, body):
     fake.push_fault(chunk_delay=0.2, chunks=50)  # a 10 s stream
     mark = relay.mark()
+    from app.relay import upstream
+    for pool in list(upstream._pools.values()):  # no idle keep-alive connection to reuse: the
+        while pool.idle:                          # stream's upstream connection is a new socket
+            pool.idle.pop().close()
     conns = fake._httpd._conns  # the fake's open sockets
+    before = set(conns)
     t0 = time.perf_counter()
     with httpx.Client(timeout=10) as client:
         with client.stream("POST", relay.url + path, json=body,
@@ -280,13 +285,15 @@ def test_client_disconnect_drops_the_upstream_call(relay, fake, path, body):
                     events += 1
                     if events == 2:
                         break
-            during = len(conns)
+            streaming = set(conns) - before  # this request's upstream connection
+    assert streaming, "the relay's upstream connection to the fake was not seen"
     # The relay notices at its next write and drops its upstream connection at once.
+    # (Judged by that socket alone: an earlier test's pooled connection may close meanwhile.)
     deadline = time.monotonic() + 3
-    while len(conns) >= during and time.monotonic() < deadline:
+    while streaming & set(conns) and time.monotonic() < deadline:
         time.sleep(0.02)
     gone = time.perf_counter() - t0
-    assert len(conns) == during - 1, "the fake's streaming connection is still open"
+    assert not streaming & set(conns), "the fake's streaming connection is still open"
     assert gone < 3, f"upstream dropped only after {gone:.1f} s"
     [row] = relay.new_rows(mark)
     assert row.error_class == "client_disconnected" and row.status_code == 499
