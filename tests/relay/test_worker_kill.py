@@ -138,9 +138,11 @@ def test_sigkill_of_a_worker_under_load_loses_no_answered_row(make_app, database
         failed = [r for r in results if r[0] != 200]
         ok_ids = [rid for status, rid, _ in results if status == 200]
         kinds = collections.Counter(s for s, _, _ in failed)
-        # Only what was in flight on a killed worker may fail: begun before a kill, at most
-        # the concurrency per kill, and a broken connection, never an error answer.
-        assert len(failed) <= 2 * CONCURRENCY, f"{len(failed)} failures: {kinds}\n{served.log()[-2000:]}"
+        # Only what was in flight on a killed worker may fail: a broken connection, never an
+        # error answer, begun before the kill or in the few ms its socket still took
+        # connections (below). A thread whose request broke tries again at once and may hit
+        # that socket again, so the count is bounded loosely; the time window is the rule.
+        assert len(failed) <= 4 * CONCURRENCY * len(KILL_AT), f"{len(failed)} failures: {kinds}\n{served.log()[-2000:]}"
         assert all(isinstance(s, str) for s, _, _ in failed), f"a failure is a broken connection, not {kinds}"
         # "In flight" includes connections that reached the dying worker's own listening
         # socket (granian binds one per worker, SO_REUSEPORT) in the few ms before the
