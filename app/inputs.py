@@ -38,8 +38,7 @@ class Request(FlaskRequest):
     @cached_property
     def args(self):
         parsed = FlaskRequest.args.fget(self)
-        items = parsed.items(multi=True)
-        if not any("\x00" in k or "\x00" in v for k, v in items):
+        if not any("\x00" in k or "\x00" in v for k, v in parsed.items(multi=True)):
             return parsed
         return self.parameter_storage_class(
             (k, v) for k, v in parsed.items(multi=True) if "\x00" not in k and "\x00" not in v)

@@ -203,15 +203,14 @@ def replay_usage_spool(now: datetime) -> int:
     replayed yet: a deployment whose crashed worker was never restarted still
     gets them. Idempotent (request ids are unique). Runs first, so the rollup
     sees them."""
-    from flask import current_app
     return current_app.extensions["meter"].recover_orphans()
 
 
 def _steps():
     # Looked up at call time, so a test can replace one step.
     g = globals()
-    return [("usage_spool_replayed", g["replay_usage_spool"]), ("usage_rolled_up", g["rollup_usage"]), ("aggregates_pruned", g["prune_aggregates"]),
-            ("audit_pruned", g["prune_audit"]), ("accounts_erased", g["erase_deletions"]),
+    return [("usage_spool_replayed", g["replay_usage_spool"]), ("usage_rolled_up", g["rollup_usage"]),
+            ("aggregates_pruned", g["prune_aggregates"]), ("audit_pruned", g["prune_audit"]), ("accounts_erased", g["erase_deletions"]),
             ("exports_purged", g["purge_exports"]), ("mail_pruned", g["prune_mail"]),
             ("sessions_pruned", g["prune_sessions"]), ("billing_pruned", g["keep_billing"]),
             ("policy_notices_queued", g["queue_policy_notices"])]

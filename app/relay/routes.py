@@ -113,6 +113,7 @@ class Call:
     requested: str = field(default="", repr=False)
     # What the usage row says: a name the registry knows, or UNKNOWN_MODEL (P23).
     model: str = UNKNOWN_MODEL
+    resolved: Model | None = field(default=None, repr=False)  # the registry's entry for it
     provider: str | None = None
     usage: tr.Usage = field(default_factory=tr.Usage)
     usage_source: str = "none"
@@ -237,11 +238,13 @@ def _name_model(call: Call, name: str) -> None:
     into `model`), which no column may hold (P23)."""
     call.requested = name
     registry: Registry = call.req.environ["relay.extensions"]["relay_registry"]
-    call.model = name if registry.model(name) is not None else UNKNOWN_MODEL
+    call.resolved = registry.model(name)
+    call.model = name if call.resolved is not None else UNKNOWN_MODEL
 
 
-def _model(call: Call, registry: Registry, record: bool = True) -> tuple[Model | None, Response | None]:
-    model = registry.model(call.requested)
+def _model(call: Call, record: bool = True) -> tuple[Model | None, Response | None]:
+    """The model named earlier (`_name_model`), if it exists and this key may use it."""
+    model = call.resolved
     allowed = orjson.loads(call.key.allowed_models) if call.key.allowed_models else None
     if model is None or (allowed is not None and call.requested not in allowed):
         what = "is not available through this relay" if model is None else "is not allowed for this API key"
@@ -428,7 +431,7 @@ def _handle(req: Request, api: str, endpoint: str):
         return _error(call, 400, "messages: a list is required.")
     if endpoint == "embeddings" and body.get("input") in (None, "", []):
         return _error(call, 400, "input: text or a list of texts is required.")
-    model, failed = _model(call, req.environ["relay.extensions"]["relay_registry"])
+    model, failed = _model(call)
     if failed:
         return failed
     if endpoint == "embeddings" and not any(t.provider.shape == "openai" for t in model.targets):
@@ -676,7 +679,7 @@ def get_model(req: Request, name: str):
         return failed
     _name_model(call, name)
     # Looking a model up is not a model call: no usage row, found or not (as for the list).
-    model, failed = _model(call, req.environ["relay.extensions"]["relay_registry"], record=False)
+    model, failed = _model(call, record=False)
     if failed:
         return failed
     if call.api == "anthropic":
