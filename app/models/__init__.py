@@ -5,9 +5,10 @@ from app.models.key import ApiKey
 from app.models.mail import OutboxMessage
 from app.models.policy import PolicyAcceptance, PolicyNotice, PolicyVersion
 from app.models.privacy import AuditCheckpoint, ConsentEvent, DataExport, JobLock, PrivacyRequest, UsageDaily
-from app.models.usage import UsageQuarantine, UsageRecord
+from app.models.team import Team, TeamInvitation, TeamMember
+from app.models.usage import UsageQuarantine, UsageRecord, UsageRollup
 from app.models.user import OneTimeToken, RecoveryCode, User, UserSession
 
-__all__ = ["ApiKey", "UsageRecord", "UsageQuarantine", "AuditEvent", "OutboxMessage", "PolicyAcceptance", "PolicyNotice", "PolicyVersion",
+__all__ = ["ApiKey", "UsageRecord", "UsageQuarantine", "UsageRollup", "Team", "TeamMember", "TeamInvitation", "AuditEvent", "OutboxMessage", "PolicyAcceptance", "PolicyNotice", "PolicyVersion",
            "OneTimeToken", "RecoveryCode", "User", "UserSession",
            "AuditCheckpoint", "ConsentEvent", "Incident", "IncidentNotice", "DataExport", "JobLock", "PrivacyRequest", "UsageDaily"]

@@ -23,5 +23,8 @@ class AuditEvent(db.Model):
     subject_id: Mapped[int | None] = mapped_column(sa.Integer, index=True)
     event: Mapped[str] = mapped_column(sa.String(80), index=True)
     details: Mapped[str] = mapped_column(sa.Text, default="{}")
+    # The team an event belongs to (also in `details`, which the hash covers),
+    # so a team's activity page is an index walk.
+    team_id: Mapped[int | None] = mapped_column(sa.Integer, index=True)
     prev_hash: Mapped[str] = mapped_column(sa.String(64))
     hash: Mapped[str] = mapped_column(sa.String(64), unique=True)

@@ -18,7 +18,8 @@ class UsageRecord(db.Model):
     are anonymized, not cascaded, when an account goes (P52)."""
 
     __tablename__ = "usage_records"
-    __table_args__ = (sa.Index("ix_usage_records_user_started", "user_id", "started_at"),)
+    __table_args__ = (sa.Index("ix_usage_records_user_started", "user_id", "started_at"),
+                      sa.Index("ix_usage_records_team_started", "team_id", "started_at"))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     request_id: Mapped[str] = mapped_column(sa.String(40), unique=True)
@@ -60,3 +61,40 @@ class UsageQuarantine(db.Model):
     api_key_id: Mapped[int | None] = mapped_column(sa.Integer)
     error_class: Mapped[str] = mapped_column(sa.String(64))
     quarantined_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class UsageRollup(db.Model):
+    """Running totals the usage writer keeps in the same transaction as the
+    rows it inserts (P30, P31), so the analytics pages never scan raw rows.
+
+    One row per (scope, grain, dimension, bucket, value):
+      - scope: `team_id` 0 with `user_id` U is U's personal usage; `team_id` T
+        with `user_id` 0 is the whole team T, with `user_id` M member M's part
+        of it;
+      - grain: "h" (bucket = the hour) or "d" (bucket = midnight UTC);
+      - dim: "" (the scope's total, value ""), "model", "key" (value: key id),
+        "member" (value: user id; team scope only), "project", "tag", and the
+        latency histograms "lat" and "ttft" (value: bucket number).
+    Zeroes instead of NULLs, so the unique index is the upsert's target."""
+
+    __tablename__ = "usage_rollups"
+    __table_args__ = (sa.UniqueConstraint("team_id", "user_id", "grain", "dim", "bucket", "value",
+                                          name="uq_usage_rollups_cell"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    team_id: Mapped[int] = mapped_column(sa.Integer)
+    user_id: Mapped[int] = mapped_column(sa.Integer)
+    grain: Mapped[str] = mapped_column(sa.String(1))
+    dim: Mapped[str] = mapped_column(sa.String(8))
+    bucket: Mapped[datetime] = mapped_column(UTCDateTime())
+    value: Mapped[str] = mapped_column(sa.String(100), default="")
+    requests: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    errors: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    input_tokens: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    cache_write_tokens: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    cost_usd: Mapped[Decimal] = mapped_column(sa.Numeric(20, 8), default=0)
+    latency_ms_sum: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    ttft_ms_sum: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    ttft_count: Mapped[int] = mapped_column(sa.BigInteger, default=0)

@@ -58,7 +58,9 @@ def record_event(actor, event: str, *, subject=None, **details: Any) -> AuditEve
     # Inserted before the head is read: from here until commit no other writer
     # can append (SQLite's write lock, or the advisory lock on PostgreSQL). The
     # placeholder is unique, as the column is, and never outlives this function.
+    team_id = details.get("team_id")
     row = AuditEvent(created_at=utcnow(), actor_id=actor_id, subject_id=subject_id, event=event,
+                     team_id=team_id if isinstance(team_id, int) else None,
                      details=json.dumps(details, sort_keys=True, default=str, separators=(",", ":")),
                      prev_hash=_PENDING, hash=f"{_PENDING}:{secrets.token_hex(16)}")
     db.session.add(row)
