@@ -58,6 +58,8 @@ def create_app(overrides: dict[str, Any] | None = None, migrations: bool = True)
     security.init_app(app)
     errors.init_app(app)
     web.init_app(app)
+    from app import context
+    context.init_app(app)
     mail.init_app(app)
     from app import jobs
     jobs.init_app(app)  # the retention scheduler thread, when JOBS_SCHEDULER=thread
@@ -74,6 +76,8 @@ def create_app(overrides: dict[str, Any] | None = None, migrations: bool = True)
     from app.deletion.routes import bp as deletion_bp
     from app.incidents.routes import bp as incidents_bp
     from app.policy.staff import bp as policy_staff_bp
+    from app.teams.routes import bp as teams_bp
+    from app.analytics.routes import bp as analytics_bp
 
     app.register_blueprint(main_bp)
     app.register_blueprint(auth_bp)
@@ -87,6 +91,8 @@ def create_app(overrides: dict[str, Any] | None = None, migrations: bool = True)
     app.register_blueprint(deletion_bp, url_prefix="/privacy-center/delete")
     app.register_blueprint(incidents_bp, url_prefix="/staff/incidents")
     app.register_blueprint(policy_staff_bp, url_prefix="/staff/policy")
+    app.register_blueprint(teams_bp, url_prefix="/teams")
+    app.register_blueprint(analytics_bp, url_prefix="/analytics")
 
     from app.relay import routes as relay
     relay.init_app(app)
