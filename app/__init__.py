@@ -78,6 +78,7 @@ def create_app(overrides: dict[str, Any] | None = None, migrations: bool = True)
     from app.policy.staff import bp as policy_staff_bp
     from app.teams.routes import bp as teams_bp
     from app.analytics.routes import bp as analytics_bp
+    from app.catalog.routes import bp as catalog_bp
 
     app.register_blueprint(main_bp)
     app.register_blueprint(auth_bp)
@@ -93,6 +94,7 @@ def create_app(overrides: dict[str, Any] | None = None, migrations: bool = True)
     app.register_blueprint(policy_staff_bp, url_prefix="/staff/policy")
     app.register_blueprint(teams_bp, url_prefix="/teams")
     app.register_blueprint(analytics_bp, url_prefix="/analytics")
+    app.register_blueprint(catalog_bp)  # /models
 
     from app.relay import routes as relay
     relay.init_app(app)

@@ -24,7 +24,10 @@ SETTINGS: list[tuple[str, str, str]] = [
     ("INSTANCE_PATH", "instance/", "Folder for the SQLite file, the generated secret and file mail."),
     ("SITE_NAME", "Relay", "Product name shown in pages, mail and the privacy policy."),
     ("BASE_URL", "http://127.0.0.1:8000",
-     "Public address used in emailed links (no trailing slash)."),
+     ("Public address printed in pages, snippets and emailed links (no trailing slash). Unset: the "
+      "address each request came in on (behind TRUSTED_PROXIES, the one the proxy forwarded), and this "
+      "default for mail sent by a job. Set it in production: a mail sent during a request otherwise "
+      "links to whatever host that request named.")),
     ("SESSION_COOKIE_SECURE", "true",
      "Send the session cookie over HTTPS only. `make run` sets false for plain-http local use."),
     ("SESSION_LIFETIME_HOURS", "336", "A login lasts this long without activity (default 14 days)."),
@@ -88,6 +91,9 @@ SETTINGS: list[tuple[str, str, str]] = [
     ("PROVIDERS_FILE", "",
      "TOML file naming providers and model routes (see providers.example.toml). Empty: the portal "
      "runs and the relay answers that no model is configured."),
+    ("MODELS_PAGE_PUBLIC", "true",
+     ("Show the Models page (/models: models, prices, APIs, fallback providers) to visitors who are "
+      "not signed in; false: signed-in people only.")),
     ("REDIS_URL", "", "Redis for rate limits shared by every process (relay and portal); empty: in-process memory."),
     ("RELAY_KEY_RPM", "600", "Requests per minute per API key, unless the key sets its own (P25)."),
     ("RELAY_KEY_TPM", "2000000", "Tokens per minute per API key, unless the key sets its own."),
@@ -101,6 +107,9 @@ SETTINGS: list[tuple[str, str, str]] = [
      "How many reverse proxies in front of the app set X-Forwarded-For/-Proto/-Host (0: trust none)."),
     ("LOG_LEVEL", "INFO", "Python logging level."),
 ]
+
+
+DEFAULT_BASE_URL = next(default for name, default, _ in SETTINGS if name == "BASE_URL")
 
 
 def _bool(value: str) -> bool:
@@ -156,7 +165,9 @@ def load(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         # values (a name, a message, an address) into a log line (P23).
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": not db_url.startswith("sqlite"), "hide_parameters": True},
         "SITE_NAME": raw["SITE_NAME"],
-        "BASE_URL": raw["BASE_URL"].rstrip("/"),
+        "BASE_URL": raw["BASE_URL"].strip().rstrip("/") or DEFAULT_BASE_URL,
+        # Set by the deployment (not the default): app/urls.py prints it instead of the request's origin.
+        "BASE_URL_EXPLICIT": bool(raw["BASE_URL"].strip()) and ("BASE_URL" in overrides or "BASE_URL" in os.environ),
         # P02: one cookie, HttpOnly, Secure, SameSite=Lax.
         "SESSION_COOKIE_NAME": "session",
         "SESSION_COOKIE_HTTPONLY": True,
@@ -210,6 +221,7 @@ def load(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "KEY_ENCRYPTION_KEY": "" if raw["KEY_ENCRYPTION_KEY"].startswith("(") else raw["KEY_ENCRYPTION_KEY"],
         "KEY_PREFIX": raw["KEY_PREFIX"],
         "PROVIDERS_FILE": raw["PROVIDERS_FILE"],
+        "MODELS_PAGE_PUBLIC": _bool(raw["MODELS_PAGE_PUBLIC"]),
         "REDIS_URL": raw["REDIS_URL"],
         "RELAY_LIMITS": {"key_rpm": int(raw["RELAY_KEY_RPM"]), "key_tpm": int(raw["RELAY_KEY_TPM"]),
                          "account_rpm": int(raw["RELAY_ACCOUNT_RPM"]),

@@ -5,10 +5,12 @@ from flask import (Blueprint, Response, abort, current_app, flash, redirect, ren
                    session, url_for)
 from flask_login import current_user, login_required
 
+from app.account.devices import describe as describe_device
 from app.account.forms import ChangeEmailForm, ChangePasswordForm, ConfirmTotpForm, ProfileFieldForm, ReauthForm
 from app.auth.forms import EmptyForm
 from app.extensions import db
 from app.models import UserSession
+from app.models.types import utcnow
 from app.services import ServiceError, accounts, sessions, totp
 from app.services.audit import record_event
 from app.services.crypto import decrypt, encrypt
@@ -16,6 +18,10 @@ from app.web import (current_session, end_login, fresh_login_required, is_htmx, 
                      limit_per_own_account, safe_next, same_time_for_any_address)
 
 bp = Blueprint("account", __name__)
+
+
+def _now_text() -> str:
+    return utcnow().strftime("%Y-%m-%d %H:%M")
 PROFILE_FIELDS = {"name": "Name", "company": "Company"}
 
 
@@ -28,7 +34,7 @@ def _require_login():
 
 @bp.route("/")
 def index():
-    return render_template("account/index.html", fields=PROFILE_FIELDS, form=EmptyForm(),
+    return render_template("account/index.html", fields=PROFILE_FIELDS, form=EmptyForm(), device=describe_device,
                            sessions=sessions.active(current_user), this_session=current_session(),
                            codes_left=totp.recovery_codes_left(current_user) if current_user.has_totp else 0)
 
@@ -161,7 +167,7 @@ def totp_setup():
             accounts.security_notice(current_user, "on")
             db.session.commit()
             # Shown once, in this response only.
-            return render_template("account/recovery_codes.html", codes=codes, fresh=True)
+            return render_template("account/recovery_codes.html", codes=codes, fresh=True, made_at=_now_text())
     return render_template("account/totp_setup.html", form=form, secret=secret,
                            uri=totp.provisioning_uri(current_user, secret))
 
@@ -203,7 +209,7 @@ def recovery_codes():
     codes = totp.regenerate_recovery_codes(current_user)
     record_event(current_user, "account:2fa:recovery_codes_regenerated")
     db.session.commit()
-    return render_template("account/recovery_codes.html", codes=codes, fresh=False)
+    return render_template("account/recovery_codes.html", codes=codes, fresh=False, made_at=_now_text())
 
 
 @bp.route("/sessions/<int:session_id>/end", methods=["POST"])

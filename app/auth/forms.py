@@ -3,7 +3,8 @@ from wtforms import BooleanField, EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, EqualTo, InputRequired, ValidationError
 
 from app.forms import EmptyForm, Form  # noqa: F401  (EmptyForm: imported from here by the views)
-from app.services import policy
+from app.services import ServiceError, policy
+from app.services.accounts import check_password_rules, normalize_email
 
 
 class SignupForm(Form):
@@ -13,6 +14,20 @@ class SignupForm(Form):
     accept_policy = BooleanField("I have read and accept the privacy policy")
     # Opt-in (P50): unticked unless the person ticks it; nothing is recorded when left alone.
     marketing_email = BooleanField("Email me product news", default=False)
+
+    # The service checks these again; checked here too, every field's message
+    # shows at once instead of one more after each submit.
+    def validate_email(self, field):
+        try:
+            normalize_email(field.data or "")
+        except ServiceError as exc:
+            raise ValidationError(str(exc)) from None
+
+    def validate_password(self, field):
+        try:
+            check_password_rules(field.data or "")
+        except ServiceError as exc:
+            raise ValidationError(str(exc)) from None
 
     def validate_age_ok(self, field):
         if not field.data:

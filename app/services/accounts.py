@@ -10,7 +10,7 @@ import unicodedata
 
 import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
-from flask import current_app, url_for
+from flask import current_app
 
 from app.extensions import db
 from app.models import PolicyAcceptance, PolicyVersion, User, UserSession
@@ -20,6 +20,7 @@ from app.services.audit import record_event
 from app.services.passwords import burn_time, hash_password, verify_password
 from app.services.policy import enforced
 from app.services.privacy import set_consent
+from app.urls import public_url
 
 
 def normalize_email(raw: str) -> tuple[str, str]:
@@ -66,7 +67,7 @@ def find_by_email(raw: str) -> User | None:
 
 
 def _link(endpoint: str, token: str) -> str:
-    return current_app.config["BASE_URL"] + url_for(endpoint, token=token)
+    return public_url(endpoint, token=token)
 
 
 def signup(email: str, password: str, policy: PolicyVersion, marketing_email: bool = False) -> User | None:
@@ -88,8 +89,8 @@ def signup(email: str, password: str, policy: PolicyVersion, marketing_email: bo
     if existing is not None:
         burn_time(password)  # same cost as the path that hashes
         mail.queue(existing.email, "account:signup:existing", "Someone tried to sign up with your address",
-                   "signup_existing", user=existing, login_url=current_app.config["BASE_URL"] + url_for("auth.login"),
-                   reset_url=current_app.config["BASE_URL"] + url_for("auth.forgot"))
+                   "signup_existing", user=existing, login_url=public_url("auth.login"),
+                   reset_url=public_url("auth.forgot"))
         record_event(None, "account:signup:duplicate", subject=existing)
         return None
     now = utcnow()
@@ -180,7 +181,7 @@ def _set_password(user: User, new: str, keep: UserSession | None, how: str) -> N
     ended = sessions.end_others(user, keep)
     record_event(user, f"account:password:{how}", sessions_ended=ended)
     mail.queue(user.email, f"account:password:{how}", "Your password was changed", "notice_password", user=user,
-               how=how, reset_url=current_app.config["BASE_URL"] + url_for("auth.forgot"))
+               how=how, reset_url=public_url("auth.forgot"))
 
 
 def request_reset(email: str) -> None:

@@ -12,6 +12,7 @@ from itsdangerous import BadSignature, URLSafeSerializer
 
 from app.extensions import db
 from app.models import User
+from app.urls import public_base_url
 
 SALT = "unsubscribe"
 
@@ -35,7 +36,7 @@ def read_token(token: str) -> int | None:
 
 def unsubscribe_url(user: User) -> str:
     """The absolute link for a marketing mail's footer (works outside a request)."""
-    return f"{current_app.config['BASE_URL']}/privacy-center/unsubscribe/{make_token(user)}"
+    return f"{public_base_url()}/privacy-center/unsubscribe/{make_token(user)}"
 
 
 def list_unsubscribe_headers(user_id: int | None, to_addr: str) -> dict[str, str]:

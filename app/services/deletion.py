@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
-from flask import current_app, has_request_context, url_for
+from flask import current_app
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from app.extensions import db
@@ -34,6 +34,7 @@ from app.services import ServiceError, keys, mail, policy
 from app.services import privacy as privacy_core
 from app.services.audit import record_event
 from app.services.crypto import token_hash
+from app.urls import public_url
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +81,7 @@ def check_sign_in_allowed(user: User) -> None:
 
 def _url(endpoint: str, **values) -> str:
     """An absolute link for a mail, also from the CLI or the job (no request)."""
-    if has_request_context():
-        return current_app.config["BASE_URL"] + url_for(endpoint, **values)
-    with current_app.test_request_context():
-        return current_app.config["BASE_URL"] + url_for(endpoint, **values)
+    return public_url(endpoint, **values)
 
 
 # ---- the cancel link -------------------------------------------------------------------

@@ -41,6 +41,7 @@ from app.models.types import utcnow
 from app.services import ServiceError
 from app.services.audit import record_event
 from app.services.crypto import token_hash, token_hasher
+from app.urls import public_base_url
 
 log = logging.getLogger(__name__)
 
@@ -667,7 +668,7 @@ def build(app: Flask, export_id: int) -> None:
         from app.services import mail
 
         mail.queue(user.email, "export_ready", "Your data export is ready", "export_ready", user=user,
-                   link=f"{app.config['BASE_URL']}/privacy-center/export/download/{token}",
+                   link=f"{public_base_url()}/privacy-center/export/download/{token}",
                    hours=app.config["EXPORT_LINK_HOURS"], expires_at=exp.expires_at, size=exp.size_bytes)
         record_event(None, "privacy:export:ready", subject=user, export=exp.id, size=exp.size_bytes)
         db.session.commit()

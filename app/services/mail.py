@@ -30,6 +30,7 @@ from app.models import IncidentNotice, OutboxMessage, PolicyNotice
 from app.models.types import utcnow
 from app.services import consent_links, policy
 from app.services.worker import BackgroundWorker
+from app.urls import public_base_url
 
 log = logging.getLogger(__name__)
 CLAIM = timedelta(seconds=120)
@@ -55,7 +56,7 @@ def queue(to_addr: str, kind: str, subject: str, template: str, *, user=_UNSET, 
             db.session.flush()  # a new account: its id, so its first mail is tied to it
         user_id = user.id if user is not None else None
     context.setdefault("site_name", current_app.config["SITE_NAME"])
-    context.setdefault("base_url", current_app.config["BASE_URL"])
+    context.setdefault("base_url", public_base_url())
     body = render_template(f"mail/{template}.txt", **context)
     msg = OutboxMessage(kind=kind, user_id=user_id, to_addr=to_addr, subject=subject, body_text=body)
     db.session.add(msg)

@@ -12,7 +12,7 @@ import secrets
 from datetime import timedelta
 
 import sqlalchemy as sa
-from flask import current_app, url_for
+from flask import current_app
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from app.extensions import db
@@ -21,6 +21,7 @@ from app.models.types import utcnow
 from app.services import ServiceError, mail, privacy
 from app.services.audit import record_event
 from app.services.crypto import token_hash
+from app.urls import public_url
 
 PURPOSE = "privacy_verify"
 
@@ -51,7 +52,7 @@ def send_link(req: PrivacyRequest, staff: User) -> None:
     db.session.add(OneTimeToken(user_id=user.id, purpose=PURPOSE, nonce_hash=token_hash(nonce, PURPOSE),
                                 created_at=now, expires_at=now + _lifetime()))
     token = _serializer().dumps({"u": user.id, "n": nonce, "r": req.id, "s": staff.id})
-    link = current_app.config["BASE_URL"] + url_for("staff.verify_link", token=token)
+    link = public_url("staff.verify_link", token=token)
     mail.queue(user.email, "privacy:request:verify", f"Confirm your privacy request #{req.id}",
                "privacy_verify", user=user, req=req, kind_label=privacy.KIND_LABELS[req.kind], link=link,
                hours=current_app.config["VERIFY_LINK_HOURS"])

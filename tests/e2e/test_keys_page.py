@@ -45,7 +45,7 @@ def test_create_see_once_reload_and_revoke(page: Page, live_server, smtp):
     page.evaluate("window.__noReload = true")
     api_key = create_key(page, "e2e laptop", **{"Requests per minute (optional)": "120"})
     assert page.evaluate("window.__noReload") is True
-    expect(page.get_by_text("This is the only time we show it.")).to_be_visible()
+    expect(page.get_by_text("Copy it now. You can reveal it again later with your password.")).to_be_visible()
     expect(page.locator("#base-url")).to_have_text(live_server.url + "/v1")
     row = page.locator("tr.key-row", has_text="e2e laptop")
     display = f"{api_key[:7]}…{api_key[-4:]}"

@@ -105,7 +105,7 @@ def test_a_new_key_is_shown_once_and_stored_only_as_hash_and_envelope(app, clien
     assert resp.status_code == 200 and "<html" in text(resp)
     raw = secret_in(resp)
     assert raw.startswith("rk_") and len(raw) == len("rk_") + 40
-    assert "This is the only time we show it." in text(resp)
+    assert "Copy it now. You can reveal it again later with your password." in text(resp)
     assert "http://localhost/v1" in text(resp)  # BASE_URL + /v1, where to point the SDK
     assert text(resp).count(raw) == 1
 
