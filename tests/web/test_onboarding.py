@@ -196,14 +196,14 @@ def test_models_page_lists_prices_apis_and_fallback_providers(catalog_app):
     resp = client.get("/models")
     assert resp.status_code == 200
     page = text(resp)
-    row = re.search(r'<tr id="model-house-chat">(.*?)</tr>', page, re.S).group(1)
+    row = re.search(r'<tr id="model-house-chat">(.*?)</tr>', page, re.DOTALL).group(1)
     assert [c for c in re.findall(r'data-label="[^"]+">([^<]*)<', row) if c.startswith("$")] == \
         ["$0.15", "$0.60", "$0.075", "$0"]
     assert "OpenAI chat completions" in row and "Anthropic messages" in row and "embeddings" not in row
     assert "openai" in row and "then workers" in row
-    sonnet = re.search(r'<tr id="model-house-sonnet">(.*?)</tr>', page, re.S).group(1)
+    sonnet = re.search(r'<tr id="model-house-sonnet">(.*?)</tr>', page, re.DOTALL).group(1)
     assert "$3.00" in sonnet and "$15.00" in sonnet and "$0.30" in sonnet and "$3.75" in sonnet
-    embed = re.search(r'<tr id="model-house-embed">(.*?)</tr>', page, re.S).group(1)
+    embed = re.search(r'<tr id="model-house-embed">(.*?)</tr>', page, re.DOTALL).group(1)
     assert "OpenAI embeddings" in embed and "chat completions" not in embed
     # Provider names only: never an upstream address, model name or credential variable.
     for secret in ("upstream.invalid", "10.1.2.3", "api.anthropic.com", "ONBOARDING_TEST", "llama3.1", "api_key"):
