@@ -187,3 +187,35 @@ def test_the_menu_is_not_used_on_a_wide_screen(browser, live_server, smtp):
     page.goto(live_server("/account/"))
     page.screenshot(path="/tmp/wide-account.png", full_page=True)
     context.close()
+
+
+def test_recovery_codes_copy_all_and_download(browser, live_server, smtp):
+    import pyotp
+
+    context = browser.new_context(viewport=PHONE)
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    sign_up_verified(page, live_server, smtp, "codes")
+    page.goto(live_server("/account/2fa/setup"))
+    secret = page.locator("#totp-secret").inner_text().strip()
+    page.get_by_label(re.compile("code", re.I)).first.fill(pyotp.TOTP(secret).now())
+    page.get_by_role("button", name=re.compile("turn on|confirm|verify", re.I)).click()
+    expect(page.get_by_role("heading", name="Save your recovery codes")).to_be_visible()
+    codes = [c.strip() for c in page.locator("#recovery-codes code").all_inner_texts()]
+    assert len(codes) == 10
+    assert_fits(page, "/account/2fa/setup (codes)")
+
+    page.get_by_role("button", name="Copy all").click()
+    expect(page.get_by_role("button", name="Copied")).to_be_visible()
+    assert page.evaluate("navigator.clipboard.readText()") == "\n".join(codes)
+
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Download as text file").click()
+    download = info.value
+    assert download.suggested_filename == "relay-recovery-codes.txt"
+    body = open(download.path(), encoding="utf-8").read()
+    assert body.splitlines()[2:] == codes
+    assert "recovery codes for" in body.splitlines()[0]
+    page.screenshot(path="/tmp/mobile-codes.png", full_page=True)
+    context.close()
