@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -199,8 +200,8 @@ def test_recovery_codes_copy_all_and_download(browser, live_server, smtp):
     sign_up_verified(page, live_server, smtp, "codes")
     page.goto(live_server("/account/2fa/setup"))
     secret = page.locator("#totp-secret").inner_text().strip()
-    page.get_by_label(re.compile("code", re.I)).first.fill(pyotp.TOTP(secret).now())
-    page.get_by_role("button", name=re.compile("turn on|confirm|verify", re.I)).click()
+    page.get_by_label(re.compile("code", re.IGNORECASE)).first.fill(pyotp.TOTP(secret).now())
+    page.get_by_role("button", name="Turn on").click()
     expect(page.get_by_role("heading", name="Save your recovery codes")).to_be_visible()
     codes = [c.strip() for c in page.locator("#recovery-codes code").all_inner_texts()]
     assert len(codes) == 10
@@ -214,7 +215,7 @@ def test_recovery_codes_copy_all_and_download(browser, live_server, smtp):
         page.get_by_role("button", name="Download as text file").click()
     download = info.value
     assert download.suggested_filename == "relay-recovery-codes.txt"
-    body = open(download.path(), encoding="utf-8").read()
+    body = Path(download.path()).read_text(encoding="utf-8")
     assert body.splitlines()[2:] == codes
     assert "recovery codes for" in body.splitlines()[0]
     page.screenshot(path="/tmp/mobile-codes.png", full_page=True)
