@@ -9,7 +9,7 @@ from flask_login import current_user, login_required
 from app.auth.forms import CodeForm, EmailOnlyForm, EmptyForm, LoginForm, NewPasswordForm, SignupForm
 from app.extensions import db, limiter
 from app.models import User
-from app.services import ServiceError, accounts, policy, tokens, totp
+from app.services import ServiceError, accounts, policy, teams, tokens, totp
 from app.services.audit import record_event
 from app.web import (begin_login, current_session, end_login, limit_per_address, limit_per_named_account,
                      limit_per_own_account, own_account_key, safe_next, same_time_for_any_address)
@@ -27,6 +27,8 @@ def signup():
     if current_user.is_authenticated:
         return redirect(url_for("main.dashboard"))
     form = SignupForm()
+    if request.method == "GET" and isinstance(request.args.get("email"), str):
+        form.email.data = request.args["email"][:320]  # an invitation link names the invited address
     version = policy.current_version()
     if form.validate_on_submit():
         try:
@@ -56,8 +58,10 @@ def verify(token: str):
     except ServiceError as exc:
         db.session.rollback()
         return render_template("auth/link_problem.html", message=str(exc)), 400
+    joined = teams.join_on_verification(user, session.pop("team_invite", None))
     db.session.commit()
-    flash("Thank you, your email address is confirmed.", "success")
+    flash("Thank you, your email address is confirmed."
+          + (f" You joined {joined.name}." if joined else ""), "success")
     if current_user.is_authenticated and current_user.id == user.id:
         return redirect(url_for("main.dashboard"))
     return redirect(url_for("auth.login"))

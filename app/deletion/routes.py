@@ -15,7 +15,7 @@ from flask_login import current_user, logout_user
 from app.auth.forms import EmptyForm
 from app.deletion.forms import CONFIRM_WORD, DeleteRequestForm
 from app.extensions import db
-from app.services import ServiceError, deletion, policy
+from app.services import ServiceError, deletion, policy, teams
 from app.web import fresh_login_required
 
 bp = Blueprint("deletion", __name__)
@@ -28,7 +28,7 @@ _STEP = "deletion_confirmed_at"
 def _facts() -> dict:
     c = current_app.config
     return {"grace_days": c["DELETION_GRACE_DAYS"], "billing_years": policy.enforced("BILLING_RETENTION_YEARS"),
-            "confirm_word": CONFIRM_WORD}
+            "confirm_word": CONFIRM_WORD, "sole_owner_of": teams.sole_owner_of(current_user.id)}
 
 
 @bp.route("/", methods=["GET", "POST"])

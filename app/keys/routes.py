@@ -13,8 +13,10 @@ from flask_login import current_user, login_required
 from app.auth.forms import EmptyForm
 from app.extensions import db, limiter
 from app.keys.forms import CreateKeyForm, RenameKeyForm, RevealForm, public_models
-from app.models import ApiKey
-from app.services import ServiceError, accounts, keys
+from app.context import current_context
+from app.models import ApiKey, Team
+from app.services import ServiceError, accounts, keys, teams
+from app.urls import relay_urls
 from app.services.audit import record_event
 from app.web import is_htmx
 
@@ -37,14 +39,25 @@ def _owned(key_id: int) -> ApiKey:
 
 def _urls() -> dict:
     """Where clients point: the OpenAI SDK takes .../v1, the Anthropic SDK the root."""
-    root = current_app.config["BASE_URL"]
-    return {"base_url": root + "/v1", "root_url": root}
+    return relay_urls()
+
+
+def _team_rules() -> dict:
+    """In a team context: the team, whether this person may make keys for it,
+    and the makers' names (owners and admins see every member's keys)."""
+    ctx = current_context()
+    if not ctx.is_team:
+        return {"ctx": ctx, "team": None, "may_create": True, "makers": {}}
+    team = db.session.get(Team, ctx.team_id)
+    return {"ctx": ctx, "team": team, "may_create": teams.may_make_keys(team, ctx.role),
+            "makers": teams.member_names(team.id) if ctx.sees_team else {}}
 
 
 def _page(form: CreateKeyForm, *, new_key: ApiKey | None = None, secret: str | None = None, status: int = 200):
     """The keys page, or only its panel (new key, list, form) for htmx."""
-    ctx = dict(form=form, keys=keys.list_for(current_user), new_key=new_key, secret=secret,
-               reveal_on=current_app.config["KEY_REVEAL"], models=public_models(), **_urls())
+    rules = _team_rules()
+    ctx = dict(form=form, keys=keys.list_for(current_user, rules["ctx"]), new_key=new_key, secret=secret,
+               reveal_on=current_app.config["KEY_REVEAL"], models=public_models(), **rules, **_urls())
     template = "keys/_panel.html" if is_htmx() else "keys/index.html"
     return render_template(template, **ctx), status
 
@@ -60,11 +73,16 @@ def create():
     if not current_user.is_verified:
         # The page explains why and offers to resend the link (CSRF was checked already).
         return _page(form, status=403)
+    rules = _team_rules()
+    if not rules["may_create"]:
+        # Members make team keys only when the team allows it (owners decide).
+        return _page(form, status=403)
     if not form.validate_on_submit():
         return _page(form)
     try:
         key, secret = keys.create(current_user, form.name.data, expires_at=form.expires_at,
-                                  models=form.model_list, rpm_limit=form.rpm, tpm_limit=form.tpm)
+                                  models=form.model_list, rpm_limit=form.rpm, tpm_limit=form.tpm,
+                                  team_id=rules["ctx"].team_id)
     except ServiceError as exc:
         db.session.rollback()
         form.name.errors = [str(exc)]
@@ -133,13 +151,16 @@ def rotate(key_id: int):
 
 @bp.route("/<int:key_id>/revoke", methods=["GET", "POST"])
 def revoke(key_id: int):
-    key = _owned(key_id)
+    try:
+        key = keys.revocable(current_user, key_id, current_context())
+    except ServiceError:
+        abort(404)
     form = EmptyForm()
     if key.revoked_at is not None:
         flash(f"“{key.name}” is already revoked.", "info")
         return redirect(url_for("keys.index"))
     if form.validate_on_submit():
-        keys.revoke(current_user, key.id)
+        keys.revoke(current_user, key.id, current_context())
         db.session.commit()
         flash(f"“{key.name}” is revoked. Requests with it are refused from now on.", "success")
         return redirect(url_for("keys.index"))

@@ -30,8 +30,9 @@ from app.models import (ApiKey, ConsentEvent, DataExport, IncidentNotice, OneTim
                         PolicyAcceptance, PolicyNotice, PrivacyRequest, RecoveryCode, UsageDaily, UsageRecord,
                         User, UserSession)
 from app.models.types import utcnow
-from app.services import ServiceError, keys, mail, policy
+from app.services import ServiceError, keys, mail, policy, teams
 from app.services import privacy as privacy_core
+from app.services import rollups
 from app.services.audit import record_event
 from app.services.crypto import token_hash
 from app.urls import public_url
@@ -145,6 +146,7 @@ def request_deletion(user: User, actor, *, channel: str = "portal", request: Pri
     now = now or utcnow()
     if user.deletion_requested_at is not None:
         raise ServiceError(f"This account is already scheduled for deletion on {scheduled_for(user):%Y-%m-%d}.")
+    check_no_sole_ownership(user)
     if request is None:
         request = privacy_core.open_request(user, "delete", channel, actor=actor,
                                             verified_method="fresh_login", now=now)
@@ -214,15 +216,30 @@ def _remove_export_files(user_id: int) -> int:
     return removed
 
 
+def check_no_sole_ownership(user: User) -> None:
+    """A team always has an owner: its only owner transfers ownership or
+    deletes the team before their account can go."""
+    sole = teams.sole_owner_of(user.id)
+    if sole:
+        names = ", ".join(f"“{t.name}”" for t in sole)
+        raise ServiceError(f"You are the only owner of {names}. Make another member owner, or delete the "
+                           "team, before you delete your account.")
+
+
 def _anonymize(model, user_id: int, key_ids: list[int]) -> int:
+    """The person's usage rows lose everything that points at them. A team's
+    rows keep the team's id, for the team's billing and totals (P12, P31)."""
     who = model.user_id == user_id
     if key_ids:
         who = sa.or_(who, model.api_key_id.in_(key_ids))
-    values = {"user_id": None, "api_key_id": None, "team_id": None}
+    values = {"user_id": None, "api_key_id": None}
     if model is UsageRecord:
         values.update(project=None, tags=None)
-    return db.session.execute(sa.update(model).where(who).values(**values)
-                              .execution_options(synchronize_session=False)).rowcount
+    n = db.session.execute(sa.update(model).where(who, model.team_id.is_not(None)).values(**values)
+                           .execution_options(synchronize_session=False)).rowcount
+    return n + db.session.execute(sa.update(model).where(who, model.team_id.is_(None))
+                                  .values(**values, team_id=None)
+                                  .execution_options(synchronize_session=False)).rowcount
 
 
 def _forget_mail(user_id: int) -> int:
@@ -255,6 +272,9 @@ def erase(user_id: int, now: datetime | None = None) -> bool:
         "usage_rows": _anonymize(UsageRecord, user_id, key_ids),
         "daily_rows": _anonymize(UsageDaily, user_id, key_ids),
     }
+    rollups.forget_user(db.session, user_id, key_ids)
+    if user is not None:
+        teams.forget_user(user_id, user.email_key)
     if user is not None:
         # Before the closing mail below is queued: that one must still go out.
         counts["mail"] = _forget_mail(user_id)

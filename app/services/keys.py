@@ -110,6 +110,13 @@ def create(user: User, name: str, *, expires_at: datetime | None = None, models:
     if not user.is_verified:
         raise ServiceError("Confirm your email address before you create an API key.")
     _check_usable_account(user)
+    if team_id is not None:
+        from app.services import teams
+        team = db.session.get(teams.Team, team_id)
+        member = teams.membership(team_id, user.id) if team is not None else None
+        if member is None or not teams.may_make_keys(team, member.role):
+            raise ServiceError("Only the team's owners and admins can make keys for it"
+                               " (members too, when the team allows it).")
     name = _check_name(name)
     if expires_at is not None and expires_at <= utcnow():
         raise ServiceError("The expiry date must be in the future.")
@@ -170,13 +177,14 @@ def rotate(user: User, key_id: int) -> tuple[ApiKey, str]:
 _REVOKED = {"secret_ciphertext": None, "wrapped_data_key": None}
 
 
-def revoke(user: User, key_id: int) -> ApiKey:
-    key = owned(user, key_id)
+def revoke(user: User, key_id: int, ctx=None) -> ApiKey:
+    key = revocable(user, key_id, ctx)
     if key.revoked_at is None:
         db.session.execute(sa.update(ApiKey).where(ApiKey.id == key.id, ApiKey.revoked_at.is_(None))
                            .values(revoked_at=utcnow(), **_REVOKED))
         db.session.refresh(key)
-        record_event(user, "account:api_key:revoked", key_id=key.id)
+        record_event(user, "account:api_key:revoked", key_id=key.id, team_id=key.team_id,
+                     **({"maker_id": key.user_id} if key.user_id != user.id else {}))
     return key
 
 
@@ -219,6 +227,27 @@ def count_active(user: User) -> int:
         sa.or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now))) or 0
 
 
-def list_for(user: User) -> list[ApiKey]:
-    return list(db.session.scalars(sa.select(ApiKey).where(ApiKey.user_id == user.id)
+def list_for(user: User, ctx=None) -> list[ApiKey]:
+    """The keys of a context (app.context.Context): personal keys; a team's
+    keys for its owners and admins; a member's own keys for that team (P12, P31)."""
+    if ctx is None or not ctx.is_team:
+        where = [ApiKey.user_id == user.id, ApiKey.team_id.is_(None)]
+    elif ctx.sees_team:
+        where = [ApiKey.team_id == ctx.team_id]
+    else:
+        where = [ApiKey.team_id == ctx.team_id, ApiKey.user_id == user.id]
+    return list(db.session.scalars(sa.select(ApiKey).where(*where)
                                    .order_by(ApiKey.revoked_at.is_not(None), ApiKey.created_at.desc())))
+
+
+def revocable(user: User, key_id: int, ctx) -> ApiKey:
+    """A key the person may revoke: their own, or, for a team's owners and
+    admins, any key of that team."""
+    key = db.session.get(ApiKey, key_id)
+    if key is None:
+        raise ServiceError("No such key.")
+    if key.user_id == user.id:
+        return key
+    if ctx is not None and ctx.sees_team and key.team_id == ctx.team_id:
+        return key
+    raise ServiceError("No such key.")
