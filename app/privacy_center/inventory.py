@@ -18,7 +18,7 @@ from sqlalchemy.orm import aliased
 from app.extensions import db
 from app.services import policy
 from app.services.dates import add_months
-from app.models import (ApiKey, AuditEvent, ConsentEvent, DataExport, OutboxMessage, PolicyAcceptance,
+from app.models import (ApiKey, TeamMember, AuditEvent, ConsentEvent, DataExport, OutboxMessage, PolicyAcceptance,
                         PrivacyRequest, RecoveryCode, UsageDaily, UsageRecord, User, UserSession)
 
 UNTIL_DELETION = "until you delete your account"
@@ -88,6 +88,16 @@ def inventory(user: User) -> list[Category]:
         "keys", "API keys",
         "Each key's name, display prefix, limits and dates. Never the key itself in readable form.",
         active + revoked, facts=[f"{active:,} active", f"{revoked:,} revoked"]))
+
+    teams = _count(TeamMember, TeamMember.user_id == user.id)
+    team_keys = _count(ApiKey, ApiKey.user_id == user.id, ApiKey.team_id.is_not(None))
+    out.append(Category(
+        "teams", "Teams",
+        "The teams you belong to and your role in each; the keys you made for a team. A team's owners and "
+        "admins see your name, address, role and your usage totals in that team, never what you sent.",
+        teams, facts=[_plural(teams, "team"), _plural(team_keys, "team key")],
+        rule=("while you are a member; when you leave or are removed, your keys for that team are revoked. "
+              "After your account is deleted, a team keeps its usage for billing, no longer tied to you")))
 
     usage = _count(UsageRecord, UsageRecord.user_id == user.id)
     oldest = _oldest(UsageRecord.started_at, UsageRecord.user_id == user.id)

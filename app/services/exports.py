@@ -35,7 +35,8 @@ from sqlalchemy.orm import Session
 
 from app.extensions import db
 from app.models import (ApiKey, AuditEvent, ConsentEvent, DataExport, OutboxMessage, PolicyAcceptance,
-                        PolicyVersion, PrivacyRequest, UsageDaily, UsageRecord, User, UserSession)
+                        PolicyVersion, PrivacyRequest, Team, TeamMember, UsageDaily, UsageRecord, User,
+                        UserSession)
 from app.services.worker import BackgroundWorker
 from app.models.types import utcnow
 from app.services import ServiceError
@@ -112,6 +113,13 @@ def _keys_select(uid: int) -> sa.Select:
                      k.revoked_at.label("revoked_at"), k.rotated_at.label("rotated_at"),
                      k.suspended_at.label("suspended_at"), k.allowed_models.label("allowed_models"),
                      k.rpm_limit.label("rpm_limit"), k.tpm_limit.label("tpm_limit")).where(k.user_id == uid)
+
+
+def _teams_select(uid: int) -> sa.Select:
+    m = TeamMember
+    return (sa.select(m.id.label("id"), m.team_id.label("team_id"), Team.name.label("team_name"),
+                      Team.slug.label("team_slug"), m.role.label("role"), m.joined_at.label("joined_at"))
+            .join(Team, Team.id == m.team_id).where(m.user_id == uid))
 
 
 def _key_derive(row: dict) -> dict:
@@ -259,6 +267,11 @@ def categories(uid: int) -> list[Category]:
                     Column("allowed_models", "json"), Column("rpm_limit", "int"), Column("tpm_limit", "int")),
                  _keys_select, by_id(ApiKey.id), _count(ApiKey, lambda u: ApiKey.user_id == u),
                  derive=_key_derive),
+        Category("team_memberships", "The teams you belong to, your role in each and when you joined. "
+                 "The keys you made for a team are in api_keys, with its team_id.",
+                 _t(Column("id", "int"), Column("team_id", "int"), Column("team_name"), Column("team_slug"),
+                    Column("role"), Column("joined_at", "time")),
+                 _teams_select, by_id(TeamMember.id), _count(TeamMember, lambda u: TeamMember.user_id == u)),
         Category("usage", "One row per request you sent through the relay: exactly the metadata our "
                  "privacy policy lists (request id, key, project, tags, times, model, provider, token "
                  "counts, cost, latency, status, error class, routing trace). Never a prompt or a reply: "

@@ -425,9 +425,11 @@ def join_on_verification(user: User, invitation_id: int | None) -> Team | None:
 # ---- erasure ------------------------------------------------------------------------------
 
 def forget_user(user_id: int, email_key: str) -> None:
-    """An erased account's memberships go with the account (cascade); the
-    invitations to its address go too. Usage rows keep the team's id."""
+    """An erased account's memberships and the invitations to its address go
+    (explicitly: SQLite enforces no cascade here). Usage rows keep the team's id."""
+    db.session.execute(sa.delete(TeamMember).where(TeamMember.user_id == user_id))
     db.session.execute(sa.delete(TeamInvitation).where(TeamInvitation.email_key == email_key))
+    db.session.execute(sa.update(TeamInvitation).where(TeamInvitation.invited_by == user_id).values(invited_by=None))
 
 
 def activity(team_id: int, page: int, per_page: int = 50):

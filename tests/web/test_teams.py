@@ -376,3 +376,45 @@ def test_team_slugs_are_unique_and_validated(app, people):
     assert bad.status_code == 400 and "lower-case letters" in text(bad)
     empty = owner.post("/teams/", {"name": "  "})
     assert empty.status_code == 400 and "Give the team a name" in text(empty)
+
+
+# ---- the privacy center covers team data -----------------------------------------------
+
+def test_P31_export_and_what_we_keep_cover_team_data_and_erasure_keeps_the_teams_rows(app, people):
+    import io
+    import json
+    import zipfile
+
+    from app.services import deletion, exports
+
+    owner, member = people("olivia@example.com"), people("mia@example.com")
+    slug = owner.create_team("Acme")
+    tid = join(app, slug, member.id, "admin")
+    member.switch(tid)
+    make_key(member, "team laptop")
+    with app.app_context():
+        key_id = db.session.scalar(sa.select(ApiKey.id).where(ApiKey.name == "team laptop"))
+        now = utcnow()
+        for i, team in enumerate((tid, None)):
+            db.session.add(UsageRecord(request_id=f"req_{i}", user_id=member.id, team_id=team, api_key_id=key_id,
+                                       started_at=now, ended_at=now, model="m", latency_ms=5, status_code=200,
+                                       usage_source="provider", cost_usd=0, project="proj"))
+        db.session.commit()
+        user = db.session.get(User, member.id)
+        files = dict((n, z) for n, z in ((n, zipfile.ZipFile(io.BytesIO(b"".join(exports.iter_zip(user))))
+                                         .read(n)) for n in ("team_memberships.json", "api_keys.json")))
+    (membership,) = json.loads(files["team_memberships.json"])
+    assert (membership["team_name"], membership["role"], membership["team_id"]) == ("Acme", "admin", tid)
+    (key,) = json.loads(files["api_keys.json"])
+    assert key["team_id"] == tid
+    keep = text(member.get("/privacy-center/data"))
+    assert "Teams" in keep and "1 team key" in keep
+
+    with app.app_context():
+        deletion.erase(member.id)
+        db.session.commit()
+        rows = sorted(db.session.execute(sa.select(UsageRecord.request_id, UsageRecord.team_id, UsageRecord.user_id,
+                                                   UsageRecord.api_key_id, UsageRecord.project)).all())
+    # The team's row stays with the team, the member anonymized; the personal row loses everything.
+    assert rows == [("req_0", tid, None, None, None), ("req_1", None, None, None, None)]
+    assert role_of(app, slug, member.id) is None
