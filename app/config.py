@@ -25,9 +25,14 @@ SETTINGS: list[tuple[str, str, str]] = [
     ("SITE_NAME", "Relay", "Product name shown in pages, mail and the privacy policy."),
     ("BASE_URL", "http://127.0.0.1:8000",
      ("Public address printed in pages, snippets and emailed links (no trailing slash). Unset: the "
-      "address each request came in on (behind TRUSTED_PROXIES, the one the proxy forwarded), and this "
-      "default for mail sent by a job. Set it in production: a mail sent during a request otherwise "
-      "links to whatever host that request named.")),
+      "address each request came in on, when its host is in ALLOWED_HOSTS or is loopback (behind "
+      "TRUSTED_PROXIES, the host the proxy forwarded); otherwise, and for mail sent by a job, this "
+      "default.")),
+    ("ALLOWED_HOSTS", "",
+     ("Comma-separated host names the portal answers on (e.g. relay.example.org). Set: a request naming "
+      "any other host is refused with 400, and pages and mails may use the request's own address; "
+      "empty: any host is answered, but only a loopback host's address is ever printed (so a forged "
+      "Host header cannot put its own address into a sign-in or reset link).")),
     ("SESSION_COOKIE_SECURE", "true",
      "Send the session cookie over HTTPS only. `make run` sets false for plain-http local use."),
     ("SESSION_LIFETIME_HOURS", "336", "A login lasts this long without activity (default 14 days)."),
@@ -229,6 +234,7 @@ def load(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "MAX_CONTENT_LENGTH": int(raw["RELAY_MAX_BODY_MB"]) * 1024 * 1024,
         "USAGE_SPOOL_DIR": str(spool_dir),
         "TRUSTED_PROXIES": int(raw["TRUSTED_PROXIES"]),
+        "ALLOWED_HOSTS": [h.strip().lower() for h in raw["ALLOWED_HOSTS"].split(",") if h.strip()],
         "LOG_LEVEL": raw["LOG_LEVEL"],
         "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session
         "WTF_CSRF_SSL_STRICT": False,  # Referer checks break behind some proxies; SameSite + token suffice

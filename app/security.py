@@ -19,6 +19,9 @@ CSP = "; ".join([
 
 def init_app(app: Flask) -> None:
     trust_proxies(app)
+    if app.config.get("ALLOWED_HOSTS"):
+        # Flask answers 400 to a request naming any other host (loopback stays, for health checks).
+        app.config["TRUSTED_HOSTS"] = [*app.config["ALLOWED_HOSTS"], "localhost", "127.0.0.1", "::1"]
 
     @app.after_request
     def headers(resp):

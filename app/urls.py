@@ -6,17 +6,30 @@ the default of a setting nobody set. So: the BASE_URL setting when the
 deployment set it; otherwise the origin of the request being answered
 (`request.host_url`, which the ProxyFix of app/security.py corrects behind
 TRUSTED_PROXIES proxies); otherwise (a mail queued by a job, the CLI) the
-setting's default.
+setting's default. The request's address is used only when its host is
+vouched for (ALLOWED_HOSTS, or loopback): never a forged Host header's.
 """
 from __future__ import annotations
 
 from flask import current_app, has_request_context, request, url_for
 
 
+LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+def _vouched_host(host: str) -> bool:
+    """A host whose address may be printed: one the deployment listed in
+    ALLOWED_HOSTS (Flask then refuses every other), or loopback. Anything else
+    could be a forged Host header aiming a reset link at the forger's site."""
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.lower()
+    return name in LOOPBACK or name in current_app.config.get("ALLOWED_HOSTS", [])
+
+
 def public_base_url() -> str:
     """The portal's public origin, without a trailing slash (e.g. "https://relay.example.org")."""
     cfg = current_app.config
-    if cfg.get("BASE_URL_EXPLICIT", True) or not has_request_context():
+    if cfg.get("BASE_URL_EXPLICIT", True) or not has_request_context() or not _vouched_host(request.host):
         return cfg["BASE_URL"].rstrip("/")
     return request.host_url.rstrip("/")
 
