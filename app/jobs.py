@@ -125,6 +125,16 @@ def prune_aggregates(now: datetime) -> int:
     return n
 
 
+def prune_rollups(now: datetime) -> int:
+    """Analytics cells: hourly ones go with the raw rows' window, daily ones
+    with the aggregates' (app/services/rollups.py)."""
+    from app.services import rollups
+
+    n = rollups.prune(now)
+    db.session.commit()
+    return n
+
+
 def prune_audit(now: datetime) -> int:
     """Remove audit rows older than AUDIT_RETENTION_DAYS, oldest first, after
     writing a checkpoint of the last removed row's hash: the chain that is kept
@@ -210,7 +220,8 @@ def _steps():
     # Looked up at call time, so a test can replace one step.
     g = globals()
     return [("usage_spool_replayed", g["replay_usage_spool"]), ("usage_rolled_up", g["rollup_usage"]),
-            ("aggregates_pruned", g["prune_aggregates"]), ("audit_pruned", g["prune_audit"]), ("accounts_erased", g["erase_deletions"]),
+            ("aggregates_pruned", g["prune_aggregates"]), ("rollups_pruned", g["prune_rollups"]),
+            ("audit_pruned", g["prune_audit"]), ("accounts_erased", g["erase_deletions"]),
             ("exports_purged", g["purge_exports"]), ("mail_pruned", g["prune_mail"]),
             ("sessions_pruned", g["prune_sessions"]), ("billing_pruned", g["keep_billing"]),
             ("policy_notices_queued", g["queue_policy_notices"])]

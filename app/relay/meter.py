@@ -9,8 +9,9 @@ the row to this process's spool file (app/relay/spool.py) and returns: a few
 
 A background OS thread (never a greenlet: its commits must not stall streams)
 reads the spool back in batches and inserts them with ON CONFLICT
-(request_id) DO NOTHING, moving each used key's `last_used_at` forward in the
-same transaction. Failures are sorted by kind:
+(request_id) DO NOTHING, moving each used key's `last_used_at` forward and
+adding the rows it did insert to the running totals of `usage_rollups`
+(app/services/rollups.py) in the same transaction. Failures are sorted by kind:
 
 * transient (the database is down, locked, a connection dropped, the schema
   is missing): the batch stays where it is and is retried with backoff; rows
@@ -43,6 +44,7 @@ from app.extensions import db
 from app.models import ApiKey, UsageQuarantine, UsageRecord
 from app.models.types import utcnow
 from app.relay.spool import Claim, Spool, read_lines
+from app.services import rollups
 from app.services.worker import BackgroundWorker
 
 log = logging.getLogger(__name__)
@@ -329,7 +331,10 @@ class Meter(BackgroundWorker):
                 from sqlalchemy.dialects.postgresql import insert
             else:
                 from sqlalchemy.dialects.sqlite import insert
-            self._insert = insert(_TABLE).on_conflict_do_nothing(index_elements=["request_id"])
+            # RETURNING names the rows this statement inserted: a replayed row
+            # (already there) comes back absent, so the rollups never count it twice.
+            self._insert = (insert(_TABLE).on_conflict_do_nothing(index_elements=["request_id"])
+                            .returning(_TABLE.c.request_id))
         return self._insert
 
     def _insert_rows(self, rows: list[dict]) -> None:
@@ -341,7 +346,8 @@ class Meter(BackgroundWorker):
         keys = ApiKey.__table__
         with self.app.app_context():
             with db.engine.begin() as conn:
-                conn.execute(self._insert_statement(), rows)
+                inserted = set(conn.execute(self._insert_statement(), rows).scalars())
+                rollups.apply(conn, [r for r in rows if r["request_id"] in inserted])
                 for kid, when in sorted(last_used.items()):
                     conn.execute(sa.update(keys).where(
                         keys.c.id == kid, sa.or_(keys.c.last_used_at.is_(None), keys.c.last_used_at < when))
