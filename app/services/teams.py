@@ -20,6 +20,7 @@ import unicodedata
 from datetime import timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.orm.exc import ObjectDeletedError
 from flask import current_app
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
@@ -193,8 +194,19 @@ def keys_made_by(team_id: int, user_id: int) -> list[ApiKey]:
         .order_by(ApiKey.created_at)))
 
 
+def _lock(team: Team) -> None:
+    """Serialize the changes that could leave a team without an owner (two
+    owners stepping down at once). A no-op UPDATE takes the row's write lock
+    on PostgreSQL and the database's on SQLite, before the owners are counted,
+    so the second change counts after the first has committed."""
+    db.session.execute(sa.update(Team).where(Team.id == team.id).values(id=Team.id)
+                       .execution_options(synchronize_session=False))
+
+
 def set_role(actor: User, team: Team, member: TeamMember, role: str) -> None:
+    _lock(team)
     require(team, actor, ("owner",))
+    _fresh(member)
     if role not in ROLES:
         raise ServiceError("Choose owner, admin or member.")
     if member.team_id != team.id:
@@ -209,6 +221,14 @@ def set_role(actor: User, team: Team, member: TeamMember, role: str) -> None:
                  old_role=old, new_role=role)
 
 
+def _fresh(member: TeamMember) -> None:
+    """Read the membership again, under the team's lock."""
+    try:
+        db.session.refresh(member)
+    except ObjectDeletedError:
+        raise ServiceError("That person is no longer in the team.") from None
+
+
 def _leave(team: Team, member: TeamMember) -> int:
     if member.role == "owner" and owners_count(team.id) <= 1:
         raise ServiceError("You are the team's only owner. Make someone else owner, or delete the team.")
@@ -220,7 +240,9 @@ def _leave(team: Team, member: TeamMember) -> int:
 
 def remove(actor: User, team: Team, member: TeamMember) -> int:
     """Remove a member; the keys they made for the team are revoked with it."""
+    _lock(team)
     mine = require(team, actor, MANAGERS)
+    _fresh(member)
     if member.team_id != team.id:
         raise ServiceError("No such member.")
     if member.user_id == actor.id:
@@ -234,6 +256,7 @@ def remove(actor: User, team: Team, member: TeamMember) -> int:
 
 
 def leave(user: User, team: Team) -> int:
+    _lock(team)
     member = require(team, user)
     revoked = _leave(team, member)
     record_event(user, "team:member:left", team_id=team.id, keys_revoked=revoked)

@@ -295,3 +295,59 @@ def test_a_rotation_racing_a_revoke_never_shows_a_dead_secret_or_refills_the_env
         assert key.secret_ciphertext is None and key.wrapped_data_key is None, "a revoked key's envelope was refilled"
     assert not KEY_RE.findall(rot_page), "the rotation showed a secret for a key revoked before it was stored"
     assert rot_status == 302
+
+
+# ---- a team always keeps an owner (P31) --------------------------------------------------
+
+def two_owner_team(app, users):
+    from app.models import Team, TeamMember
+
+    a, b = users.create("owner-a@example.com"), users.create("owner-b@example.com")
+    with app.app_context():
+        team = Team(name="Race", slug="race", created_at=utcnow())
+        db.session.add(team)
+        db.session.flush()
+        for uid in (a, b):
+            db.session.add(TeamMember(team_id=team.id, user_id=uid, role="owner", joined_at=utcnow()))
+        db.session.commit()
+        return team.id
+
+
+def owners_left(app, team_id: int) -> int:
+    from app.models import TeamMember
+
+    return count(app, TeamMember, TeamMember.team_id == team_id, TeamMember.role == "owner")
+
+
+@pytest.mark.promise("P31")
+def test_two_owners_leaving_at_once_leave_one_owner(app, users):
+    team_id = two_owner_team(app, users)
+    clients = []
+    for email in ("owner-a@example.com", "owner-b@example.com"):
+        c = app.test_client()
+        f = Forms(c)
+        assert f.post("/login", {"email": email, "password": users.password}).status_code == 302
+        clients.append((c, f.token("/teams/race/leave")))
+    res = at_once(*[lambda c=c, t=t: c.post("/teams/race/leave", data={"csrf_token": t}).status_code
+                    for c, t in clients])
+    assert res == [302, 302]  # one left; the other is sent back to the team, told they are its only owner
+    assert owners_left(app, team_id) == 1
+
+
+@pytest.mark.promise("P31")
+def test_two_owners_stepping_down_at_once_on_two_server_processes_leave_one_owner(app, users, servers):
+    from app.models import TeamMember
+
+    team_id = two_owner_team(app, users)
+    with app.app_context():
+        rows = dict(db.session.execute(sa.select(TeamMember.user_id, TeamMember.id)).all())
+        ids = {db.session.scalar(sa.select(User.email).where(User.id == uid)): mid for uid, mid in rows.items()}
+    calls = []
+    for email, server in zip(("owner-a@example.com", "owner-b@example.com"), servers):
+        person = Browser(server.url)
+        person.login(email, users.password)
+        token = person.token("/teams/race/")
+        calls.append(lambda p=person, t=token, m=ids[email]: p.post(f"/teams/race/members/{m}/role",
+                                                                   {"role": "member"}, token=t).status)
+    assert at_once(*calls) == [302, 302]
+    assert owners_left(app, team_id) == 1
