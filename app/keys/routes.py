@@ -7,17 +7,26 @@ call it, commit once and render.
 """
 from __future__ import annotations
 
-from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask_login import current_user, login_required
 
 from app.auth.forms import EmptyForm
+from app.context import current_context
 from app.extensions import db, limiter
 from app.keys.forms import CreateKeyForm, RenameKeyForm, RevealForm, public_models
-from app.context import current_context
 from app.models import ApiKey, Team
 from app.services import ServiceError, accounts, keys, teams
-from app.urls import relay_urls
 from app.services.audit import record_event
+from app.urls import relay_urls
 from app.web import is_htmx
 
 bp = Blueprint("keys", __name__)

@@ -20,7 +20,12 @@ from app.models import ApiKey, User
 from app.models.types import utcnow
 from app.services import ServiceError
 from app.services.audit import record_event
-from app.services.crypto import envelope_decrypt, envelope_encrypt, token_hash, token_hasher
+from app.services.crypto import (
+    envelope_decrypt,
+    envelope_encrypt,
+    token_hash,
+    token_hasher,
+)
 
 MAX_KEYS_PER_ACCOUNT = 100
 

@@ -20,9 +20,9 @@ import unicodedata
 from datetime import timedelta
 
 import sqlalchemy as sa
-from sqlalchemy.orm.exc import ObjectDeletedError
 from flask import current_app
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from sqlalchemy.orm.exc import ObjectDeletedError
 
 from app.extensions import db
 from app.models import ApiKey, Team, TeamInvitation, TeamMember, User

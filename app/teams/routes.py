@@ -10,7 +10,16 @@ from __future__ import annotations
 import math
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    abort,
+    flash,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask_login import current_user, login_required
 
 from app import context
@@ -20,7 +29,13 @@ from app.models import ApiKey, Team, TeamInvitation, TeamMember, User
 from app.models.types import utcnow
 from app.numbers import page_number, parse_int
 from app.services import ServiceError, accounts, teams
-from app.teams.forms import CreateTeamForm, DeleteTeamForm, InviteForm, RoleForm, TeamSettingsForm
+from app.teams.forms import (
+    CreateTeamForm,
+    DeleteTeamForm,
+    InviteForm,
+    RoleForm,
+    TeamSettingsForm,
+)
 from app.web import safe_next
 
 bp = Blueprint("teams", __name__)

@@ -20,7 +20,14 @@ import pytest
 import sqlalchemy as sa
 
 from app.extensions import db
-from app.models import ApiKey, AuditEvent, DataExport, IncidentNotice, OutboxMessage, User
+from app.models import (
+    ApiKey,
+    AuditEvent,
+    DataExport,
+    IncidentNotice,
+    OutboxMessage,
+    User,
+)
 from app.models.types import utcnow
 from app.services import exports, incidents, keys
 from tests.conftest import Forms

@@ -15,7 +15,15 @@ import pytest
 import sqlalchemy as sa
 
 from app.extensions import db
-from app.models import ApiKey, AuditEvent, Team, TeamInvitation, TeamMember, UsageRecord, User
+from app.models import (
+    ApiKey,
+    AuditEvent,
+    Team,
+    TeamInvitation,
+    TeamMember,
+    UsageRecord,
+    User,
+)
 from app.models.types import utcnow
 from tests.conftest import Forms
 from tests.fakes.smtp import link
@@ -418,3 +426,34 @@ def test_P31_export_and_what_we_keep_cover_team_data_and_erasure_keeps_the_teams
     # The team's row stays with the team, the member anonymized; the personal row loses everything.
     assert rows == [("req_0", tid, None, None, None), ("req_1", None, None, None, None)]
     assert role_of(app, slug, member.id) is None
+
+
+# ---- anything a person types --------------------------------------------------------------
+
+def test_what_an_owner_types_into_team_forms_never_gives_a_5xx_or_reaches_a_log(app, people, caplog):
+    """Hypothesis: team names, addresses, invited emails, roles and the delete
+    confirmation, as an owner of a real team; never a 5xx, never in a log line."""
+    import logging
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    owner = people("olivia@example.com")
+    slug = owner.create_team("Acme")
+    token = owner.forms.token(f"/teams/{slug}/")
+    typed = st.text(max_size=120) | st.sampled_from(["", " ", "a" * 500, "-", "x@y", "\u202e", "Acme", "owner"])
+    caplog.set_level(logging.DEBUG)
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(name=typed, slug_typed=typed, email=typed, role=typed)
+    def run(name, slug_typed, email, role):
+        canary = "zq9canary"
+        for url, data in (("/teams/", {"name": name + canary, "slug": slug_typed}),
+                          (f"/teams/{slug}/invitations", {"email": email + canary, "role": role}),
+                          (f"/teams/{slug}/settings", {"name": name + canary}),
+                          (f"/teams/{slug}/delete", {"confirm_name": name + canary})):
+            resp = owner.client.post(url, data={"csrf_token": token, **data})
+            assert resp.status_code < 500, (url, data)
+        assert canary not in caplog.text
+
+    run()
