@@ -202,6 +202,15 @@ def keep_billing(now: datetime) -> int:
     return 0
 
 
+def prune_invitations(now: datetime) -> int:
+    """A team invitation holds an address that may belong to nobody here: it
+    goes INVITATION_RETENTION_DAYS after it was accepted, withdrawn or expired."""
+    from app.services import teams
+    n = teams.prune_invitations(now)
+    db.session.commit()
+    return n
+
+
 def queue_policy_notices(now: datetime) -> int:
     """Mail every account about a material policy change not yet announced (P62)."""
     return policy.run_notices(now)
@@ -224,6 +233,7 @@ def _steps():
             ("audit_pruned", g["prune_audit"]), ("accounts_erased", g["erase_deletions"]),
             ("exports_purged", g["purge_exports"]), ("mail_pruned", g["prune_mail"]),
             ("sessions_pruned", g["prune_sessions"]), ("billing_pruned", g["keep_billing"]),
+            ("invitations_pruned", g["prune_invitations"]),
             ("policy_notices_queued", g["queue_policy_notices"])]
 
 

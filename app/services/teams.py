@@ -455,6 +455,19 @@ def forget_user(user_id: int, email_key: str) -> None:
     db.session.execute(sa.update(TeamInvitation).where(TeamInvitation.invited_by == user_id).values(invited_by=None))
 
 
+INVITATION_RETENTION_DAYS = 30
+
+
+def prune_invitations(now) -> int:
+    """Delete invitations that ended (accepted, withdrawn, expired) over
+    INVITATION_RETENTION_DAYS ago: the address in them is not kept longer."""
+    cutoff = now - timedelta(days=INVITATION_RETENTION_DAYS)
+    ended = sa.or_(TeamInvitation.accepted_at < cutoff, TeamInvitation.withdrawn_at < cutoff,
+                   TeamInvitation.expires_at < cutoff)
+    return db.session.execute(sa.delete(TeamInvitation).where(ended)
+                              .execution_options(synchronize_session=False)).rowcount
+
+
 def activity(team_id: int, page: int, per_page: int = 50):
     from app.models import AuditEvent
 

@@ -457,3 +457,24 @@ def test_what_an_owner_types_into_team_forms_never_gives_a_5xx_or_reaches_a_log(
         assert canary not in caplog.text
 
     run()
+
+
+def test_ended_invitations_are_deleted_after_thirty_days(app, people, mail):
+    """The address in an invitation may belong to nobody here: the retention job
+    removes it 30 days after the invitation ended, never while it is pending."""
+    from app import jobs
+
+    owner = people("olivia@example.com")
+    slug = owner.create_team("Acme")
+    for email in ("old@example.com", "recent@example.com", "pending@example.com"):
+        owner.invite(slug, email)
+    with app.app_context():
+        now = utcnow()
+        db.session.execute(sa.update(TeamInvitation).where(TeamInvitation.email_key == "old@example.com")
+                           .values(withdrawn_at=now - timedelta(days=31)))
+        db.session.execute(sa.update(TeamInvitation).where(TeamInvitation.email_key == "recent@example.com")
+                           .values(withdrawn_at=now - timedelta(days=29)))
+        db.session.commit()
+        assert jobs.run_all(app)["invitations_pruned"] == 1
+        left = set(db.session.scalars(sa.select(TeamInvitation.email_key)))
+    assert left == {"recent@example.com", "pending@example.com"}
