@@ -80,7 +80,7 @@ def rows(slices: Sequence, value: Callable[[object], float | Decimal], fmt: Call
     for i, s in enumerate(slices):
         y = i * ROW_HEIGHT
         w = float(value(s)) / top * BAR_WIDTH
-        name = s.label if len(s.label) <= 22 else s.label[:21] + "…"
+        name = s.label if len(s.label) <= 20 else s.label[:19] + "…"
         chart.labels.append((LABEL_WIDTH - 6, y + ROW_HEIGHT / 2 + 4, name))
         chart.bars.append(Bar(LABEL_WIDTH, y + 4, round(max(w, 1.0), 2), ROW_HEIGHT - 8, f"{s.label}: {fmt(s)}"))
     return chart
