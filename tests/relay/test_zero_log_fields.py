@@ -49,8 +49,9 @@ LABEL_PLACES = ("db-file:*", "file:spool/*")
 
 
 def labels_allowed(book: Canaries, project: str, tag: str) -> dict[str, tuple[str, ...]]:
-    return {book.label_of(project): ("table:usage_records.project", *LABEL_PLACES),
-            book.label_of(tag): ("table:usage_records.tags", *LABEL_PLACES)}
+    # The analytics' running totals are kept per project and per tag (P30): the same label, by design.
+    return {book.label_of(project): ("table:usage_records.project", "table:usage_rollups.value", *LABEL_PLACES),
+            book.label_of(tag): ("table:usage_records.tags", "table:usage_rollups.value", *LABEL_PLACES)}
 
 
 class Sender:
