@@ -337,7 +337,8 @@ def test_two_owners_leaving_at_once_leave_one_owner(app, users):
         clients.append((c, f.token("/teams/race/leave")))
     res = at_once(*[lambda c=c, t=t: c.post("/teams/race/leave", data={"csrf_token": t}).status_code
                     for c, t in clients])
-    assert res == [302, 302]  # one left; the other is sent back to the team, told they are its only owner
+    # One left; the other is told they are now the only owner (the page again, or back to the team).
+    assert sorted(res) in ([200, 302], [302, 302])
     assert owners_left(app, team_id) == 1
 
 
