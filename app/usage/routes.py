@@ -1,29 +1,39 @@
-"""The usage page (P22, P30): the signed-in person's own requests, newest first,
-with a 30-day summary, filters and pagination. Metadata only: the relay never
-stored a request's content, so there is none to show (P23)."""
+"""The usage page (P22, P30, P31): the requests of the current context, newest
+first, with a summary of the filtered set, filters, keyset pages and CSV/JSON
+downloads. Personal usage is the person's own; in a team, owners and admins
+see every member's requests and members their own. Metadata only: the relay
+never stored a request's content, so there is none to show (P23)."""
 from __future__ import annotations
 
-import math
-from datetime import timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
-from flask import Blueprint, current_app, render_template, request, url_for
-from flask_login import current_user, login_required
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
+from flask_login import login_required
 
+from app.context import current_context
 from app.models.types import utcnow
 from app.services import usage
-from app.usage.forms import STATUSES, parse
+from app.usage.forms import DEFAULT_DAYS, STATUSES, parse
 from app.web import is_htmx
 
 bp = Blueprint("usage", __name__)
 PER_PAGE = 50
-SUMMARY_DAYS = 30
+SUMMARY_DAYS = DEFAULT_DAYS  # the dashboard's strip uses the same window
+MIMETYPES = {"csv": "text/csv", "json": "application/json"}
 
 
 @bp.before_request
 @login_required
 def _require_login():
-    """Every page here shows the signed-in person's own requests, and only those."""
+    """Every page here shows the current context's requests, and only those."""
 
 
 def usd(value, places: int = 6) -> str:
@@ -58,33 +68,59 @@ def _wants_fragment() -> bool:
     return is_htmx() and request.headers.get("HX-History-Restore-Request") != "true"
 
 
+def _query(scope: usage.Scope):
+    return parse(request.args, today=utcnow().date(), whole_team=scope.whole_team)
+
+
 @bp.route("/")
 def index():
-    query = parse(request.args)
-    user_id = current_user.id
-    rows, total = usage.page_for_user(user_id, query.page, PER_PAGE, query.filters)
-    pages = max(1, math.ceil(total / PER_PAGE))
-    if query.page > pages:
-        # A page past the end (an old link, a hand-edited URL): show the last one.
-        query.page = pages
-        rows, total = usage.page_for_user(user_id, query.page, PER_PAGE, query.filters)
-    keys = usage.keys_for_user(user_id)
-    ctx = dict(
-        rows=rows, total=total, page=query.page, pages=pages, per_page=PER_PAGE, query=query,
-        filters=query.filters, notes=query.notes, keys_by_id={k.id: k for k in keys},
-        first_run=total == 0 and (not query.filters.active or not usage.has_usage(user_id)),
-        base_url=current_app.config["BASE_URL"].rstrip("/"), keys_url=keys_url(),
-    )
+    ctx = current_context()
+    scope = usage.scope_for(ctx)
+    query = _query(scope)
+    page = usage.page(scope, query.filters, PER_PAGE, after=query.after, before=query.before)
+    keys = usage.keys_for(scope)
+    shown = {
+        "rows": page.rows, "newer": page.newer, "older": page.older, "query": query, "filters": query.filters,
+        "notes": query.notes, "totals": usage.summary(scope, query.filters), "scope": scope, "context": ctx,
+        "keys_by_id": {k.id: k for k in keys}, "members": usage.members_for(scope),
+        "first_run": not page.rows and not usage.has_usage(scope), "default_days": DEFAULT_DAYS,
+        "base_url": current_app.config["BASE_URL"].rstrip("/"), "keys_url": keys_url(),
+    }
     if _wants_fragment():
-        resp = current_app.make_response(render_template("usage/_table.html", **ctx))
-        # Push the tidy address (no empty fields, the page actually shown).
-        resp.headers["HX-Push-Url"] = url_for(
-            "usage.index", **query.params(page=query.page if query.page > 1 else None))
+        resp = current_app.make_response(render_template("usage/_table.html", **shown))
+        # Push the tidy address: valid filters only, and the position actually shown.
+        resp.headers["HX-Push-Url"] = url_for("usage.index", **query.params(**_position(query, page)))
     else:
         resp = current_app.make_response(render_template(
-            "usage/index.html", keys=keys, models=usage.models_for_user(user_id),
-            totals=usage.totals_for_user(user_id, utcnow() - timedelta(days=SUMMARY_DAYS)),
-            summary_days=SUMMARY_DAYS, **ctx))
+            "usage/index.html", keys=keys, models=usage.models_for(scope, query.filters),
+            projects=usage.projects_for(scope), tags=usage.tags_for(scope), **shown))
     # The same URL answers a fragment or a page: caches must tell them apart.
     resp.vary.add("HX-Request")
+    return resp
+
+
+def _position(query, page) -> dict:
+    """The cursor of the page shown; none for the first page (a "Newer" link
+    that reached the newest rows is the first page)."""
+    if query.after is not None:
+        return {"after": query.after.encode()}
+    if query.before is not None and page.newer is not None:
+        return {"before": query.before.encode()}
+    return {}
+
+
+@bp.route("/download.<any(csv, json):fmt>")
+def download(fmt: str):
+    """Every row of the filtered set (all pages), streamed as it is read in
+    keyset batches, so neither the process nor the response holds them all.
+    JSON is one array, written element by element."""
+    scope = usage.scope_for(current_context())
+    query = _query(scope)
+    key_names = {k.id: k.name for k in usage.keys_for(scope)}
+    members = usage.members_for(scope) if scope.whole_team else None
+    rows = usage.iter_rows(scope, query.filters)
+    body = (usage.csv_chunks if fmt == "csv" else usage.json_chunks)(rows, key_names, members)
+    resp = Response(stream_with_context(body), mimetype=MIMETYPES[fmt])
+    resp.headers["Content-Disposition"] = f"attachment; filename=usage-{utcnow():%Y%m%d}.{fmt}"
+    resp.headers["Cache-Control"] = "no-store"
     return resp
