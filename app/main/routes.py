@@ -2,12 +2,11 @@
 from flask import Blueprint, redirect, render_template, url_for
 from flask_login import current_user, login_required
 
-from datetime import timedelta
-
 from app.auth.forms import EmptyForm
+from app.context import current_context
 from app.models.types import utcnow
-from app.services import keys, usage
-from app.usage.routes import SUMMARY_DAYS, usd
+from app.services import analytics, keys, teams
+from app.usage.routes import usd
 
 bp = Blueprint("main", __name__)
 
@@ -22,9 +21,15 @@ def index():
 @bp.route("/dashboard")
 @login_required
 def dashboard():
-    totals = usage.totals_for_user(current_user.id, utcnow() - timedelta(days=SUMMARY_DAYS))
-    return render_template("main/dashboard.html", form=EmptyForm(), active_keys=keys.count_active(current_user),
-                           totals=totals, cost=usd(totals.cost_usd), days=SUMMARY_DAYS)
+    """The current context's keys and last 30 days (from the analytics totals),
+    and invitations waiting for the person."""
+    ctx = current_context()
+    now = utcnow()
+    totals = analytics.totals(analytics.series(analytics.scope_for(ctx), analytics.preset_window("30d", now)))
+    active = sum(1 for k in keys.list_for(current_user, ctx) if k.state(now) == "active")
+    return render_template("main/dashboard.html", form=EmptyForm(), active_keys=active, ctx=ctx,
+                           totals=totals, cost=usd(totals.cost_usd), days=30,
+                           invitations=teams.invitations_for(current_user))
 
 
 @bp.route("/healthz")
