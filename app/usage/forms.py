@@ -99,10 +99,10 @@ def parse(args: MultiDict, *, today: date, whole_team: bool = False) -> ParsedQu
     member_raw = _text(args, "member")
     member_id = parse_int(member_raw, minimum=1, maximum=MAX_ID) if member_raw else None
     if member_raw and not whole_team:
-        notes.append("Only a team's owners and admins can filter by member, so that filter was ignored.")
+        notes.append("Only a team’s owners and admins can filter by member, so that filter was ignored.")
         member_id = None
     elif member_raw and member_id is None:
-        notes.append("That member is not one of this team's, so the filter was ignored.")
+        notes.append("That member is not one of this team’s, so the filter was ignored.")
 
     project = _text(args, "project") or None
     if project is not None and not PROJECT_RE.fullmatch(project):

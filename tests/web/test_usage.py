@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from app.extensions import db
-from app.models import ApiKey, UsageRecord
+from app.models import ApiKey, Team, TeamMember, UsageRecord
 from app.models.types import utcnow
 from app.services import rollups
 from app.usage.routes import usd
@@ -462,3 +464,296 @@ def test_empty_state_uses_the_configured_base_url(make_app):
     page = text(client.get("/usage/"))
     assert 'base_url="https://relay.example.org/v1"' in page
     assert 'base_url="https://relay.example.org",' in page
+
+
+# ---- contexts: personal, team owner, team member (P31) -----------------------------------
+
+OLGA, MAX, NINA, BOB = "olga@example.com", "max@example.com", "nina@example.com", "bob@example.com"
+CANARIES = ("CANARY-rival-key", "canary-rival-project", "req_rival_", "CANARY-bob-key", "canary-bob-project",
+            "req_bob_", "canary-model")
+
+
+def make_team(app, name: str, members: dict[int, str]) -> int:
+    with app.app_context():
+        team = Team(name=name, slug=name.lower().replace(" ", "-") + secrets.token_hex(3))
+        db.session.add(team)
+        db.session.flush()
+        db.session.add_all(TeamMember(team_id=team.id, user_id=u, role=role) for u, role in members.items())
+        db.session.commit()
+        return team.id
+
+
+def team_key(app, user_id: int, team_id: int, name: str) -> int:
+    with app.app_context():
+        key = ApiKey(user_id=user_id, team_id=team_id, name=name, prefix="rk_Tm01", last4=secrets.token_hex(2),
+                     lookup_hash=secrets.token_hex(32), created_at=utcnow())
+        db.session.add(key)
+        db.session.commit()
+        return key.id
+
+
+def switch(forms, team_id: int | None) -> None:
+    resp = forms.post("/teams/switch", {"team": "" if team_id is None else str(team_id)}, page="/usage/")
+    assert resp.status_code == 302
+
+
+@pytest.fixture
+def acme(app, users):
+    """Acme: Olga owns it, Max and Nina are members, each with a team key and
+    rows on it; a former member's rows stay. Max has personal rows too. Next
+    door, a rival team and Bob's personal rows carry canaries that must never
+    show on any page of Acme's people."""
+    olga, max_, nina = (users.create(OLGA, name="Olga Owner"), users.create(MAX, name="Max Member"),
+                        users.create(NINA, name="Nina Neighbour"))
+    gone, bob = users.create("gone@example.com"), users.create(BOB)
+    team = make_team(app, "Acme", {olga: "owner", max_: "member", nina: "member"})
+    rival = make_team(app, "Rival", {bob: "owner", olga: "member"})
+    keys = {"olga": team_key(app, olga, team, "olga-team"), "max": team_key(app, max_, team, "max-team"),
+            "nina": team_key(app, nina, team, "nina-team"), "max_personal": add_key(app, max_, "max-own"),
+            "rival": team_key(app, bob, rival, "CANARY-rival-key"), "bob": add_key(app, bob, "CANARY-bob-key")}
+    add_usage(app, olga, 2, team_id=team, api_key_id=keys["olga"], prefix="req_olga_", project="website",
+              cost_usd=Decimal("1.00"))
+    add_usage(app, max_, 3, team_id=team, api_key_id=keys["max"], prefix="req_maxteam_", model="claude-haiku",
+              tags=json.dumps(["beta"]), cache_read_tokens=40, cache_write_tokens=2)
+    add_usage(app, nina, 4, team_id=team, api_key_id=keys["nina"], prefix="req_nina_", project="research",
+              cost_usd=Decimal("0.25"))
+    add_usage(app, nina, 1, team_id=team, api_key_id=keys["nina"], prefix="req_ninafail_", status_code=429,
+              error_class="rate_limit_error", start=utcnow() - timedelta(hours=2))
+    add_usage(app, gone, 2, team_id=team, api_key_id=None, prefix="req_gone_", start=utcnow() - timedelta(hours=3))
+    add_usage(app, max_, 5, api_key_id=keys["max_personal"], prefix="req_maxown_", start=utcnow() - timedelta(hours=5))
+    add_usage(app, bob, 3, team_id=rival, api_key_id=keys["rival"], prefix="req_rival_",
+              project="canary-rival-project", model="canary-model")
+    add_usage(app, olga, 2, team_id=rival, api_key_id=None, prefix="req_rival_olga_", model="canary-model")
+    add_usage(app, bob, 3, api_key_id=keys["bob"], prefix="req_bob_", project="canary-bob-project",
+              model="canary-model")
+    return {"olga": olga, "max": max_, "nina": nina, "gone": gone, "bob": bob, "team": team, "rival": rival,
+            "keys": keys}
+
+
+def no_canary(body: str, query: str = "") -> None:
+    """No other scope's key name, project, model or request id in the body
+    (a value the person typed into the query string may be echoed in the form)."""
+    for canary in CANARIES:
+        if canary not in query:
+            assert canary not in body, canary
+
+
+def ids_with(resp, prefix: str) -> list[str]:
+    return [r for r in request_ids(resp) if r.startswith(prefix)]
+
+
+def probes(acme) -> list[str]:
+    """Query strings aimed at the rows of others: their keys, members, models, projects."""
+    k, t = acme["keys"], acme
+    return ["", f"key={k['rival']}", f"key={k['bob']}", f"member={t['bob']}", "model=canary-model",
+            "project=canary-rival-project", "project=canary-bob-project", f"member={t['nina']}",
+            f"key={k['nina']}", "tag=beta", "status=error", "from=2000-01-01"]
+
+
+@pytest.mark.promise("P31")
+def test_P31_personal_context_is_personal_keys_only(app, client, login, forms, acme):
+    login(MAX)
+    resp = client.get("/usage/")
+    assert sorted(request_ids(resp)) == [f"req_maxown_{i:04d}" for i in range(5)]
+    page = text(resp)
+    assert "max-own" in page and "max-team" not in page and ">Member<" not in page
+    for q in probes(acme):
+        body = text(client.get("/usage/?" + q))
+        no_canary(body, q)
+        assert "req_maxteam_" not in body and "req_nina_" not in body
+
+
+@pytest.mark.promise("P31")
+def test_P31_owner_sees_every_members_rows_with_member_column_and_filter(app, client, login, forms, acme):
+    login(OLGA)
+    switch(forms, acme["team"])
+    resp = client.get("/usage/")
+    page = text(resp)
+    got = request_ids(resp)
+    assert len(got) == 12 and not any(r.startswith(("req_rival", "req_bob", "req_maxown")) for r in got)
+    # Newest first across members.
+    with app.app_context():
+        expected = list(db.session.scalars(sa.select(UsageRecord.request_id).where(
+            UsageRecord.team_id == acme["team"]).order_by(UsageRecord.started_at.desc(), UsageRecord.id.desc())))
+    assert got == expected
+    # The Member column: names of current members, "Former member" for the others.
+    assert '<th scope="col">Member</th>' in page
+    assert "Max Member" in page and "Nina Neighbour" in page and "Former member" in page
+    assert "gone@example.com" not in page
+    # The member filter lists the current members, and filters by one.
+    assert re.search(rf'<option value="{acme["nina"]}"\s*>Nina Neighbour</option>', page)
+    nina = client.get(f"/usage/?member={acme['nina']}")
+    assert sorted(request_ids(nina)) == sorted([f"req_nina_{i:04d}" for i in range(4)] + ["req_ninafail_0000"])
+    assert re.search(r'id="stat-requests">.*?stat-value">5<', text(nina), re.DOTALL)
+    gone = client.get(f"/usage/?member={acme['gone']}")
+    assert ids_with(gone, "req_gone_") == ["req_gone_0000", "req_gone_0001"]
+    assert f'<option value="{acme["gone"]}" selected>Former member</option>' in text(gone)
+    # The key filter lists the team's keys, every member's, and no one else's.
+    for name in ("olga-team", "max-team", "nina-team"):
+        assert name in page
+    assert "max-own" not in page
+    for q in probes(acme):
+        no_canary(text(client.get("/usage/?" + q)), q)
+        no_canary(text(client.get("/usage/?" + q, headers=HX)), q)
+    assert request_ids(client.get(f"/usage/?member={acme['bob']}")) == []
+    assert request_ids(client.get(f"/usage/?key={acme['keys']['rival']}")) == []
+
+
+@pytest.mark.promise("P31")
+def test_P31_a_member_sees_only_their_own_rows_of_the_team(app, client, login, forms, acme):
+    login(MAX)
+    switch(forms, acme["team"])
+    resp = client.get("/usage/")
+    assert sorted(request_ids(resp)) == [f"req_maxteam_{i:04d}" for i in range(3)]
+    page = text(resp)
+    assert ">Member<" not in page and 'name="member"' not in page
+    # Only Max's own team key is offered.
+    assert "max-team" in page and "nina-team" not in page and "olga-team" not in page and "max-own" not in page
+    assert "Nina" not in page and "Olga" not in page
+    assert re.search(r'id="stat-requests">.*?stat-value">3<', page, re.DOTALL)
+    for q in probes(acme):
+        resp = client.get("/usage/?" + q)
+        body = text(resp)
+        no_canary(body, q)
+        for other in ("req_nina", "req_olga", "req_gone", "req_maxown", "research", "website"):
+            assert other not in body, (q, other)
+    # A member filter is an owner's tool: ignored with a note, still only Max's rows.
+    resp = client.get(f"/usage/?member={acme['nina']}")
+    assert "Only a team’s owners and admins can filter by member" in text(resp)
+    assert sorted(request_ids(resp)) == [f"req_maxteam_{i:04d}" for i in range(3)]
+    # Nina's key selects nothing of hers, and the cards agree.
+    resp = client.get(f"/usage/?key={acme['keys']['nina']}")
+    assert request_ids(resp) == [] and "No requests match these filters" in text(resp)
+    assert re.search(r'id="stat-requests">.*?stat-value">0<', text(resp), re.DOTALL)
+
+
+@pytest.mark.promise("P31")
+def test_P31_leaving_the_team_context_goes_back_to_personal(app, client, login, forms, acme):
+    login(MAX)
+    switch(forms, acme["team"])
+    assert ids_with(client.get("/usage/"), "req_maxteam_")
+    switch(forms, None)
+    assert ids_with(client.get("/usage/"), "req_maxteam_") == []
+    assert len(ids_with(client.get("/usage/"), "req_maxown_")) == 5
+
+
+# ---- the summary follows the filters (P30) ------------------------------------------------
+
+def raw_sums(app, where) -> dict:
+    """The figures the cards must show, summed from the raw rows in Python."""
+    with app.app_context():
+        rows = db.session.scalars(sa.select(UsageRecord).where(*where)).all()
+        return {"requests": len(rows), "errors": sum(not 200 <= r.status_code < 300 for r in rows),
+                "input": sum(r.input_tokens + r.cache_read_tokens + r.cache_write_tokens for r in rows),
+                "cached": sum(r.cache_read_tokens + r.cache_write_tokens for r in rows),
+                "output": sum(r.output_tokens for r in rows),
+                "cost": sum((Decimal(r.cost_usd) for r in rows), Decimal(0))}
+
+
+def cards(page: str) -> dict:
+    def stat(name):
+        return re.search(rf'id="stat-{name}">.*?stat-value">([^<]+)<', page, re.DOTALL).group(1)
+    source = re.search(r'class="usage-stats"[^>]*data-source="(\w+)"', page).group(1)
+    return {"requests": stat("requests"), "input": stat("input"), "output": stat("output"), "cost": stat("cost"),
+            "source": source}
+
+
+@pytest.mark.promise("P30", "P31")
+@pytest.mark.parametrize("query, source", [
+    ("", "rollups"), ("model=claude-haiku", "rollups"), ("project=research", "rollups"), ("tag=beta", "rollups"),
+    ("member={nina}", "rollups"), ("key={nina_key}", "rollups"), ("status=error", "rows"),
+    ("model=gpt-4o-mini&project=research", "rows"), ("member={nina}&status=ok", "rows"),
+    ("from={today}&to={today}", "rollups"), ("from=2000-01-01&tag=beta", "rollups"),
+])
+def test_P30_summary_cards_equal_the_sum_of_the_matching_rows(app, client, login, forms, acme, query, source):
+    """The cards read the daily rollups when one dimension (or none) and no
+    status is filtered, the raw rows otherwise; either way they are the sum of
+    exactly the rows the table matches."""
+    login(OLGA)
+    switch(forms, acme["team"])
+    today = utcnow().date().isoformat()
+    query = query.format(nina=acme["nina"], nina_key=acme["keys"]["nina"], today=today)
+    page = text(client.get("/usage/?" + query))
+    args = dict(p.split("=") for p in query.split("&") if p)
+    U = UsageRecord
+    where = [U.team_id == acme["team"], U.started_at >= datetime.combine(
+        date.fromisoformat(args.get("from", (utcnow() - timedelta(days=29)).date().isoformat())),
+        datetime.min.time(), tzinfo=UTC)]
+    if "model" in args:
+        where.append(U.model == args["model"])
+    if "project" in args:
+        where.append(U.project == args["project"])
+    if "tag" in args:
+        where.append(U.tags.contains('"beta"'))
+    if "member" in args:
+        where.append(U.user_id == int(args["member"]))
+    if "key" in args:
+        where.append(U.api_key_id == int(args["key"]))
+    if args.get("status") == "error":
+        where.append(U.status_code >= 300)
+    if args.get("status") == "ok":
+        where.append(U.status_code < 300)
+    want = raw_sums(app, where)
+    assert want["requests"] > 0, query
+    got = cards(page)
+    assert got == {"requests": f"{want['requests']:,}", "input": f"{want['input']:,}",
+                   "output": f"{want['output']:,}", "cost": usd(want["cost"]), "source": source}, query
+    assert len(request_ids(client.get("/usage/?" + query))) == min(50, want["requests"])
+
+
+@pytest.mark.promise("P30")
+def test_P30_summary_from_rows_when_the_rollups_hold_nothing(app, client, ada):
+    """Rows written before the rollups were kept still count."""
+    add_usage(app, ada, 4, rollup=False, input_tokens=10, cache_read_tokens=5)
+    page = text(client.get("/usage/"))
+    assert cards(page) == {"requests": "4", "input": "60", "output": "80", "cost": "$0.000108", "source": "rows"}
+    assert "20 cached" in page
+
+
+@pytest.mark.promise("P30")
+def test_P30_project_and_tag_filters(app, client, ada):
+    a = add_usage(app, ada, 2, prefix="req_a_", project="shop", tags=json.dumps(["beta", "eu"]))
+    b = add_usage(app, ada, 2, prefix="req_b_", project="shop2", tags=json.dumps(["Beta", "beta2"]),
+                  start=utcnow() - timedelta(hours=1))
+    c = add_usage(app, ada, 1, prefix="req_c_", tags='["x", "beta"]', start=utcnow() - timedelta(hours=2))
+    assert request_ids(client.get("/usage/?project=shop")) == a
+    assert request_ids(client.get("/usage/?tag=beta")) == a + c
+    assert request_ids(client.get("/usage/?tag=Beta")) == b
+    assert request_ids(client.get("/usage/?tag=eu&project=shop")) == a
+    assert request_ids(client.get("/usage/?tag=b_ta")) == []  # no wildcard
+    page = text(client.get("/usage/?project=shop&tag=beta"))
+    assert 'name="project" value="shop"' in page and 'name="tag" value="beta"' in page
+    for bad in ("project=%20%3Cx%3E", "project=" + "p" * 65, "tag=a%2Cb", "tag=%22beta%22", "tag=-x"):
+        resp = client.get("/usage/?" + bad)
+        assert resp.status_code == 200 and request_ids(resp) == a + b + c, bad
+        assert "so that one was ignored" in text(resp), bad
+
+
+# ---- any query string (P30) -----------------------------------------------------------------
+
+QUERY_VALUES = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(["1", "0", "-1", "2147483648", "9" * 30, "²", "١٢", "\x00", "%00", "2026-02-29", "2026-13-01",
+                     "0001-01-01", "9999-12-31", "ok", "error", "beta", "20260101T000000.000000Z_1",
+                     "20260101T000000.000000Z_9223372036854775808", "99991231T235959.999999Z_1"]))
+
+
+@pytest.mark.promise("P30", "P31")
+def test_P30_no_query_string_makes_a_5xx(app, client, login, forms, acme):
+    """Any values of the filter, pager and download fields (and others) give a
+    page or a download of Acme's rows only, never a 5xx."""
+    login(OLGA)
+    switch(forms, acme["team"])
+    names = ["model", "key", "member", "project", "tag", "status", "from", "to", "after", "before", "page", "x"]
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(params=st.dictionaries(st.sampled_from(names), QUERY_VALUES),
+           where=st.sampled_from(["/usage/", "/usage/download.csv", "/usage/download.json"]),
+           hx=st.booleans())
+    def check(params, where, hx):
+        resp = client.get(where, query_string=params, headers=HX if hx else {})
+        body = resp.get_data(as_text=True)
+        assert resp.status_code == 200, (params, resp.status_code)
+        no_canary(body)
+
+    check()
