@@ -381,6 +381,7 @@ def members_for(scope: Scope) -> dict[int, str]:
 # ---- downloads -----------------------------------------------------------------------------
 
 FORMER_MEMBER = "Former member"
+COST_STEP = Decimal("0.00000001")  # the column's scale: every cost has exactly 8 decimals
 EXPORT_FIELDS = ("request_id", "started_at", "ended_at", "model", "provider", "key_name", "key_id", "member",
                  "project", "tags", "input_tokens", "cache_read_tokens", "cache_write_tokens",
                  "total_input_tokens", "output_tokens", "cost_usd", "ttft_ms", "latency_ms", "status_code",
@@ -400,7 +401,7 @@ def export_record(row, key_names: dict[int, str], members: dict[int, str] | None
         "project": row.project, "tags": tags(row), "input_tokens": row.input_tokens,
         "cache_read_tokens": row.cache_read_tokens, "cache_write_tokens": row.cache_write_tokens,
         "total_input_tokens": row.input_tokens + row.cache_read_tokens + row.cache_write_tokens,
-        "output_tokens": row.output_tokens, "cost_usd": format(Decimal(row.cost_usd or 0), "f"),
+        "output_tokens": row.output_tokens, "cost_usd": format(Decimal(row.cost_usd or 0).quantize(COST_STEP), "f"),
         "ttft_ms": row.ttft_ms, "latency_ms": row.latency_ms, "status_code": row.status_code,
         "error_class": row.error_class, "usage_source": row.usage_source,
     }
