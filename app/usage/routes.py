@@ -84,7 +84,7 @@ def index():
         "notes": query.notes, "totals": usage.summary(scope, query.filters), "scope": scope, "context": ctx,
         "keys_by_id": {k.id: k for k in keys}, "members": usage.members_for(scope),
         "first_run": not page.rows and not usage.has_usage(scope), "default_days": DEFAULT_DAYS,
-        "base_url": current_app.config["BASE_URL"].rstrip("/"), "keys_url": keys_url(),
+        "keys_url": keys_url(),
     }
     if _wants_fragment():
         resp = current_app.make_response(render_template("usage/_table.html", **shown))
