@@ -19,6 +19,18 @@ from app.models import Team, TeamMember
 SESSION_KEY = "team_id"
 
 
+def readable(model, user_id: int, team_id: int | None, whole_team: bool) -> list:
+    """The WHERE of rows of `model` (a table with user_id and team_id, such as
+    api_keys or usage_records) that a context may read (P31): the person's
+    personal rows; every row of the team for its owners and admins; a
+    member's own rows of the team. The one rule for keys, usage and downloads."""
+    if team_id is None:
+        return [model.user_id == user_id, model.team_id.is_(None)]
+    if whole_team:
+        return [model.team_id == team_id]
+    return [model.team_id == team_id, model.user_id == user_id]
+
+
 @dataclass(frozen=True)
 class Context:
     user_id: int
@@ -35,6 +47,9 @@ class Context:
     def sees_team(self) -> bool:
         """Owners and admins see the whole team's usage; members their own (P31)."""
         return self.role in ("owner", "admin")
+
+    def rows_of(self, model) -> list:
+        return readable(model, self.user_id, self.team_id, self.sees_team)
 
     @property
     def label(self) -> str:

@@ -15,6 +15,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from flask import current_app
 
+from app.context import readable
 from app.extensions import db
 from app.models import ApiKey, User
 from app.models.types import utcnow
@@ -235,12 +236,7 @@ def count_active(user: User) -> int:
 def list_for(user: User, ctx=None) -> list[ApiKey]:
     """The keys of a context (app.context.Context): personal keys; a team's
     keys for its owners and admins; a member's own keys for that team (P12, P31)."""
-    if ctx is None or not ctx.is_team:
-        where = [ApiKey.user_id == user.id, ApiKey.team_id.is_(None)]
-    elif ctx.sees_team:
-        where = [ApiKey.team_id == ctx.team_id]
-    else:
-        where = [ApiKey.team_id == ctx.team_id, ApiKey.user_id == user.id]
+    where = ctx.rows_of(ApiKey) if ctx is not None else readable(ApiKey, user.id, None, False)
     return list(db.session.scalars(sa.select(ApiKey).where(*where)
                                    .order_by(ApiKey.revoked_at.is_not(None), ApiKey.created_at.desc())))
 

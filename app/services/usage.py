@@ -25,6 +25,7 @@ from decimal import Decimal
 
 import sqlalchemy as sa
 
+from app.context import readable
 from app.extensions import db
 from app.models import ApiKey, UsageRecord, UsageRollup
 from app.services import teams
@@ -144,11 +145,7 @@ def _contains(column, text: str):
 
 
 def _scope_conditions(scope: Scope) -> list:
-    if scope.team_id is None:
-        return [U.user_id == scope.user_id, U.team_id.is_(None)]
-    if scope.whole_team:
-        return [U.team_id == scope.team_id]
-    return [U.team_id == scope.team_id, U.user_id == scope.user_id]
+    return readable(U, scope.user_id, scope.team_id, scope.whole_team)
 
 
 def conditions(scope: Scope, filters: UsageFilters | None) -> list:
@@ -363,12 +360,7 @@ def tags_for(scope: Scope) -> list[str]:
 def keys_for(scope: Scope) -> list[ApiKey]:
     """The keys of the scope, revoked ones too (their past requests still
     count): personal keys, the team's keys, or a member's own team keys."""
-    if scope.team_id is None:
-        where = [ApiKey.user_id == scope.user_id, ApiKey.team_id.is_(None)]
-    elif scope.whole_team:
-        where = [ApiKey.team_id == scope.team_id]
-    else:
-        where = [ApiKey.team_id == scope.team_id, ApiKey.user_id == scope.user_id]
+    where = readable(ApiKey, scope.user_id, scope.team_id, scope.whole_team)
     return list(db.session.scalars(sa.select(ApiKey).where(*where)
                                    .order_by(ApiKey.created_at.desc(), ApiKey.id.desc())))
 

@@ -83,3 +83,21 @@ def staff_window(browser: Browser, live_server) -> Page:
     staff.get_by_role("navigation", name="Main").get_by_role("link", name="Staff").click()
     expect(staff.get_by_role("heading", name="Staff", exact=True)).to_be_visible()
     return staff
+
+
+def providers_file(tmp_path_factory, fake, model: str, env_name: str) -> str:
+    """A providers file with one OpenAI-kind provider (the fake) serving `model`
+    at $2 / $4 per million tokens; its key is read from `env_name`."""
+    path = tmp_path_factory.mktemp("providers") / "providers.toml"
+    path.write_text(f"""
+[providers.upstream]
+kind = "openai"
+base_url = "{fake.base_url}/v1"
+api_key_env = "{env_name}"
+
+[[models]]
+name = "{model}"
+targets = [ {{ provider = "upstream", model = "gpt-upstream" }} ]
+price = {{ input = 2.0, output = 4.0 }}
+""")
+    return str(path)

@@ -13,7 +13,7 @@ from playwright.sync_api import Page, expect
 
 from app.extensions import db
 from app.models import UsageRecord
-from tests.e2e.flows import sign_up_verified
+from tests.e2e.flows import providers_file, sign_up_verified
 from tests.e2e.test_keys_page import create_key
 from tests.fakes.provider import FakeProvider
 
@@ -29,20 +29,9 @@ def fake():
 
 @pytest.fixture(scope="module")
 def live_server_settings(fake, tmp_path_factory):
-    path = tmp_path_factory.mktemp("providers") / "providers.toml"
-    path.write_text(f"""
-[providers.upstream]
-kind = "openai"
-base_url = "{fake.base_url}/v1"
-api_key_env = "E2E_RELAY_UPSTREAM_KEY"
-
-[[models]]
-name = "gpt-e2e"
-targets = [ {{ provider = "upstream", model = "gpt-upstream" }} ]
-price = {{ input = 2.0, output = 4.0 }}
-""")
+    path = providers_file(tmp_path_factory, fake, "gpt-e2e", "E2E_RELAY_UPSTREAM_KEY")
     os.environ["E2E_RELAY_UPSTREAM_KEY"] = UPSTREAM_KEY
-    yield {"PROVIDERS_FILE": str(path)}
+    yield {"PROVIDERS_FILE": path}
     os.environ.pop("E2E_RELAY_UPSTREAM_KEY", None)
 
 
