@@ -22,6 +22,8 @@ from app.models.types import utcnow
 from app.services import keys as key_service
 from tests.conftest import Forms
 
+pytestmark = pytest.mark.promise("P12", "P30", "P31")
+
 PEOPLE = {  # name -> (team, role)
     "alpha_owner": ("alpha", "owner"), "alpha_admin": ("alpha", "admin"), "alpha_member": ("alpha", "member"),
     "bravo_owner": ("bravo", "owner"), "bravo_member": ("bravo", "member"),

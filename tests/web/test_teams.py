@@ -29,6 +29,8 @@ from tests.conftest import Forms
 from tests.fakes.smtp import link
 
 
+pytestmark = pytest.mark.promise("P12", "P31")
+
 def text(resp) -> str:
     return html.unescape(resp.get_data(as_text=True))
 
