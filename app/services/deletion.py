@@ -5,7 +5,7 @@ A request takes effect at once (sessions ended, keys revoked, sign-in
 blocked) but erases nothing until the grace period (DELETION_GRACE_DAYS) has
 passed, so a person who changes their mind, or whose account was hijacked,
 can keep it with the link in the receipt. Erasure keeps only what the law or
-the integrity of other records needs: billing records, the wallet ledger,
+the integrity of other records needs: billing records (none exist yet),
 usage rows and daily aggregates without anything that points at the person,
 the audit trail (plain ids), and the delivery times of security and policy
 notices that went out (no address). The account's mail goes with it.
@@ -285,8 +285,8 @@ def erase(user_id: int, now: datetime | None = None) -> bool:
             privacy_core.close(req, None, "done", (
                 f"Your account was erased on {now:%Y-%m-%d}. We kept only what the law or the integrity of "
                 f"other records requires: billing records ({policy.enforced('BILLING_RETENTION_YEARS')} "
-                "years), the wallet ledger, usage totals that no longer point at you, and the audit trail "
-                "by number only."), now=now)
+                "years; we take no payments yet, so there were none), usage totals that no longer point at "
+                "you (a team keeps the usage of keys you made for it), and the audit trail by number only."), now=now)
         else:
             req.status, req.outcome, req.closed_at = "closed", "done", now
             req.outcome_reason = "The account no longer existed when the deletion ran."

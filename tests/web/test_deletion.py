@@ -153,7 +153,8 @@ def test_request_takes_effect_at_once(app, client, forms, users, login, mail):
     # The receipt says what happens when and what is kept, with the cancel link.
     msg = mail.wait_for(EMAIL, "scheduled for deletion")
     b = body(msg)
-    assert "7 years" in b and "wallet ledger" in b and "audit trail" in b and "Usage totals" in b
+    assert "7 years" in b and "audit trail" in b and "Usage totals" in b and "stays with that team" in b
+    assert "wallet" not in b  # nothing promised about what does not exist yet
     assert f"{req.execute_after:%Y-%m-%d}" in b and CANCEL_RE.search(b)
     assert "stay revoked" in b
 
