@@ -359,3 +359,56 @@ def test_two_owners_stepping_down_at_once_on_two_server_processes_leave_one_owne
                                                                    {"role": "member"}, token=t).status)
     assert at_once(*calls) == [302, 302]
     assert owners_left(app, team_id) == 1
+
+
+def invitation_for(app, users, mail):
+    """A team with an invitation to EMAIL (an account); returns (team id, the link's path)."""
+    from urllib.parse import urlsplit
+
+    from app.models import Team, TeamMember
+    from app.services import teams
+    from tests.fakes.smtp import link
+
+    owner = users.create("owner-a@example.com")
+    users.create(EMAIL)
+    with app.app_context():
+        team = Team(name="Race", slug="race", created_at=utcnow())
+        db.session.add(team)
+        db.session.flush()
+        db.session.add(TeamMember(team_id=team.id, user_id=owner, role="owner", joined_at=utcnow()))
+        db.session.flush()
+        teams.invite(db.session.get(User, owner), team, EMAIL, "admin")
+        db.session.commit()
+        team_id = team.id
+    return team_id, urlsplit(link(mail.wait_for(EMAIL, "invites you"))).path
+
+
+def joined(app, team_id):
+    from app.models import TeamMember
+
+    return (count(app, TeamMember, TeamMember.team_id == team_id),
+            count(app, AuditEvent, AuditEvent.event == "team:member:joined"))
+
+
+@pytest.mark.promise("P31")
+def test_an_invitation_accepted_in_two_tabs_at_once_joins_once(app, client, users, login, mail):
+    team_id, path = invitation_for(app, users, mail)
+    login(EMAIL)
+    token = Forms(client).token(path)
+    browser = same_browser_in_threads(app, client)
+    res = at_once(*[lambda: browser().post(path, data={"csrf_token": token}).status_code] * 4)
+    assert res.count(302) == 1 and all(s in (302, 400) for s in res)  # the others: "already used"
+    assert joined(app, team_id) == (2, 1)
+
+
+@pytest.mark.promise("P31")
+def test_an_invitation_accepted_at_once_on_two_server_processes_joins_once(app, users, mail, servers):
+    team_id, path = invitation_for(app, users, mail)
+    a, b = servers
+    person = Browser(a.url)
+    person.login(EMAIL, users.password)
+    token = person.token(path)
+    other = person.on(b.url)
+    res = at_once(*[lambda br=br: br.post(path, token=token).status for br in (person, other) * 2])
+    assert res.count(302) == 1 and all(s in (302, 400) for s in res)
+    assert joined(app, team_id) == (2, 1)
