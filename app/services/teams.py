@@ -50,6 +50,10 @@ class Forbidden(ServiceError):
 # ---- reading ------------------------------------------------------------------------------
 
 def by_slug(slug: str) -> Team | None:
+    """The team at an address; anything that could not be an address is none
+    (and never reaches the database: PostgreSQL refuses a NUL in a string)."""
+    if not isinstance(slug, str) or not SLUG_RE.fullmatch(slug):
+        return None
     return db.session.scalar(sa.select(Team).where(Team.slug == slug))
 
 

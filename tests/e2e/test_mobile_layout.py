@@ -18,7 +18,7 @@ from tests.e2e.flows import sign_up_verified
 pytestmark = pytest.mark.e2e
 
 PHONE = {"width": 390, "height": 844}
-LONG_NAME = "Bartholomew" * 14  # 154 characters, no space to break at
+LONG_NAME = "Bartholomew" * 10  # 110 characters (the column holds 120), no space to break at
 LONG_TEAM = "Internationalisation" * 4
 
 PROVIDERS = """
