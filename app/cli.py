@@ -1,4 +1,4 @@
-"""flask commands: users, audit, mail, jobs, policy, settings."""
+"""flask commands: users, audit, mail, jobs, policy, usage, settings."""
 from __future__ import annotations
 
 import sys
@@ -105,6 +105,20 @@ def register(app: Flask) -> None:
             what = ", ".join(c.label for c in d.changes) or "the wording"
             click.echo(f"the settings change {what}: publish it with notice at /staff/policy/ "
                        f"(until then version {v.number}'s rules apply)")
+
+    @app.cli.group()
+    def usage():
+        """Usage rows and the analytics' running totals."""
+
+    @usage.command("rebuild-rollups")
+    def rebuild_rollups():
+        """Recount the analytics totals from the raw usage rows (once, after
+        upgrading from a version without them; safe to run again)."""
+        from app.services import rollups
+
+        n = rollups.rebuild(db.session)
+        db.session.commit()
+        click.echo(f"recounted {n:,} usage rows into the analytics totals")
 
     @app.cli.command("settings")
     def settings_table():

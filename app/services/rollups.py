@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from app.models import UsageRollup
+from app.models import UsageRecord, UsageRollup
 
 TABLE = UsageRollup.__table__
 CELL = ("team_id", "user_id", "grain", "dim", "bucket", "value")
@@ -221,3 +221,33 @@ def prune(now: datetime, session: Any = None) -> int:
     n = session.execute(sa.delete(TABLE).where(TABLE.c.grain == "h", TABLE.c.bucket < hours_before)).rowcount
     n += session.execute(sa.delete(TABLE).where(TABLE.c.grain == "d", TABLE.c.bucket < days_before)).rowcount
     return n or 0
+
+
+# ---- rebuilding ----------------------------------------------------------------------------
+
+REBUILD_BATCH = 5000
+
+
+def rebuild(session: Any) -> int:
+    """Recount every cell from the raw usage rows kept now: for a deployment
+    upgraded from before the rollups existed, or after a hand edit. Rows of an
+    erased account (no user, no team) belong to nobody's view and are skipped.
+    One transaction; returns the number of rows counted. (Days older than the
+    raw-row window are only in usage_daily, which has no hours, projects, tags
+    or latencies, so they are not recounted here.)"""
+    conn = session.connection()
+    conn.execute(sa.delete(TABLE))
+    rec = UsageRecord.__table__
+    cols = [rec.c[name] for name in ("id", "user_id", "team_id", "api_key_id", "model", "project", "tags",
+                                     "started_at", "status_code", "input_tokens", "output_tokens",
+                                     "cache_read_tokens", "cache_write_tokens", "cost_usd", "latency_ms", "ttft_ms")]
+    last, counted = 0, 0
+    while True:
+        rows = [dict(r._mapping) for r in conn.execute(
+            sa.select(*cols).where(rec.c.id > last).order_by(rec.c.id).limit(REBUILD_BATCH))]
+        if not rows:
+            return counted
+        last = rows[-1]["id"]
+        mine = [r for r in rows if r["user_id"] is not None or r["team_id"] is not None]
+        apply(conn, mine)
+        counted += len(mine)

@@ -242,3 +242,35 @@ def test_histogram_buckets_are_ordered_and_cover_every_duration():
         ["00", "00", "01", "01", "02", "10", "11", "22", "23", "23"]
     for i in range(1, len(rollups.LATENCY_BOUNDS)):
         assert rollups.LATENCY_BOUNDS[i] / rollups.LATENCY_BOUNDS[i - 1] <= 5 / 3 + 1e-9
+
+
+def test_P30_rebuild_recounts_the_totals_from_the_raw_rows(app):
+    """`flask usage rebuild-rollups`: a deployment upgraded from before the
+    rollups gets its raw rows counted, exactly once however often it runs."""
+    now = datetime.now(UTC)
+    with app.app_context():
+        for i in range(30):
+            db.session.add(UsageRecord(request_id=f"req_rebuild_{i}", user_id=7, team_id=3 if i % 2 else None,
+                                       api_key_id=11, started_at=now - timedelta(hours=i), ended_at=now,
+                                       model="m", latency_ms=100 + i, status_code=200 if i % 5 else 500,
+                                       usage_source="provider", cost_usd=Decimal("0.00000123") * i,
+                                       input_tokens=i, output_tokens=2 * i))
+        db.session.add(UsageRecord(request_id="req_rebuild_erased", user_id=None, team_id=None, started_at=now,
+                                   ended_at=now, model="m", latency_ms=1, status_code=200, usage_source="provider",
+                                   cost_usd=Decimal(1)))
+        db.session.commit()
+    runner = app.test_cli_runner()
+    for _ in range(2):
+        result = runner.invoke(args=["usage", "rebuild-rollups"])
+        assert result.exit_code == 0 and "recounted 30 usage rows" in result.output
+    with app.app_context():
+        def total(team, user, grain):
+            return db.session.execute(sa.select(sa.func.sum(UsageRollup.requests), sa.func.sum(UsageRollup.cost_usd))
+                                      .where(UsageRollup.team_id == team, UsageRollup.user_id == user,
+                                             UsageRollup.grain == grain, UsageRollup.dim == "")).one()
+        personal = [i for i in range(30) if i % 2 == 0]
+        team = [i for i in range(30) if i % 2]
+        for grain in ("h", "d"):
+            assert total(0, 7, grain) == (len(personal), Decimal("0.00000123") * sum(personal))
+            assert total(3, 0, grain) == (len(team), Decimal("0.00000123") * sum(team))
+            assert total(3, 7, grain) == (len(team), Decimal("0.00000123") * sum(team))
