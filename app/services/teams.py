@@ -282,10 +282,11 @@ def _new_link(inv: TeamInvitation) -> str:
 
 def _send(inv: TeamInvitation, team: Team, inviter: User, link: str) -> None:
     invitee = accounts.find_by_email(inv.email)
-    mail.queue(inv.email, "team:invitation", f"{inviter.name or inviter.email} invites you to {team.name}",
+    # One line: a name is typed text, and a line break in a subject is a broken (or injected) header.
+    who = " ".join((inviter.name or inviter.email).split())
+    mail.queue(inv.email, "team:invitation", f"{who} invites you to {team.name}",
                "team_invitation", user=invitee, team_name=team.name, role=inv.role,
-               inviter=inviter.name or inviter.email, link=link, days=INVITE_DAYS,
-               has_account=invitee is not None)
+               inviter=who, link=link, days=INVITE_DAYS, has_account=invitee is not None)
 
 
 def invite(actor: User, team: Team, email: str, role: str = "member") -> TeamInvitation:

@@ -480,3 +480,12 @@ def test_ended_invitations_are_deleted_after_thirty_days(app, people, mail):
         assert jobs.run_all(app)["invitations_pruned"] == 1
         left = set(db.session.scalars(sa.select(TeamInvitation.email_key)))
     assert left == {"recent@example.com", "pending@example.com"}
+
+
+def test_an_inviters_name_with_a_line_break_cannot_break_the_invitation_mail(app, people, mail):
+    owner = people("olivia@example.com", name="Olivia\r\nBcc: everyone@example.com")
+    slug = owner.create_team("Acme")
+    assert owner.invite(slug, "bob@example.com").status_code == 302
+    msg = mail.wait_for("bob@example.com", "invites you")
+    assert msg["Subject"] == "Olivia Bcc: everyone@example.com invites you to Acme"
+    assert msg["Bcc"] is None and not mail.to("everyone@example.com")
