@@ -477,7 +477,9 @@ def requests(draw, w: World, rule: Rule, ident: Identity) -> Sent:
     elif csrf_choice == "garbage":
         sent.headers["X-CSRFToken"] = draw(header_text)
     form_token = sent.body.get("csrf_token") if isinstance(sent.body, dict) else None
-    if form_token:
+    if isinstance(form_token, list):  # a repeated field: the server reads the first value
+        form_token = form_token[0] if form_token else None
+    if form_token:  # an empty one counts as absent: Flask-WTF then reads the header
         sent.csrf_valid = form_token == ident.token
     else:
         sent.csrf_valid = sent.headers.get("X-CSRFToken") == ident.token
