@@ -14,11 +14,12 @@ from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redi
                    send_file, stream_with_context, url_for)
 from flask_login import current_user, login_required
 
+from app import keyauth
 from app.auth.forms import EmptyForm
 from app.extensions import db, limiter
-from app.models import ApiKey, User
+from app.models import User
 from app.models.types import utcnow
-from app.services import ServiceError, exports, keys
+from app.services import ServiceError, exports
 from app.services.audit import record_event
 from app.services.keys import hash_key
 from app.web import is_htmx
@@ -118,16 +119,9 @@ def _api_error(status: int, type_: str, message: str):
     return jsonify({"error": {"type": type_, "message": message}}), status
 
 
-def _bearer() -> str | None:
-    auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip() or None
-    return request.headers.get("x-api-key", "").strip() or None
-
-
 def _limit_key() -> str:
     """Per key (its keyed hash, never the key); per address when none is sent."""
-    raw = _bearer()
+    raw = keyauth.raw_key(request.headers)
     return f"export-api:{hash_key(raw)}" if raw else f"export-api-ip:{request.remote_addr}"
 
 
@@ -136,19 +130,11 @@ def _limit_key() -> str:
 def api_export():
     """The same checks as the relay: unknown, revoked or expired key 401,
     suspended (restricted account) 403."""
-    raw = _bearer()
-    if not raw:
-        return _api_error(401, "authentication_error",
-                          "Missing API key. Send it as 'Authorization: Bearer <key>'.")
-    key = db.session.scalar(db.select(ApiKey).where(ApiKey.lookup_hash == hash_key(raw)))
-    if key is None:
-        return _api_error(401, "authentication_error", "Invalid API key.")
-    user = db.session.get(User, key.user_id)
-    refused = keys.refusal(revoked_at=key.revoked_at, expires_at=key.expires_at, suspended_at=key.suspended_at,
-                           restricted_at=user.restricted_at, deletion_requested_at=user.deletion_requested_at)
-    if refused:  # the relay's rule, word for word (P53)
+    key, refused = keyauth.authenticate(request.headers, db.engine, hash_key)
+    if refused:  # the relay's rule, by the relay's code (P10, P53)
         status, type_, message = refused
         return _api_error(status, type_, message)
+    user = db.session.get(User, key.user_id)
     record_event(user, "privacy:export:api", key_id=key.id)
     db.session.commit()
     name = _file_name(utcnow())

@@ -21,15 +21,15 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
+from app import keyauth
 from app.extensions import db
 from app.logsafe import where
-from app.models import ApiKey, User
 from app.relay import translate as tr
 from app.relay import upstream
 from app.relay.limits import Limits
 from app.relay.meter import init_app as init_meter
 from app.relay.providers import Model, ProvidersFileError, Registry, Target, load
-from app.services.keys import key_hasher, refusal
+from app.services.keys import key_hasher
 
 log = logging.getLogger(__name__)
 
@@ -39,61 +39,6 @@ PROJECT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:=-]{0,31}")
 UNKNOWN_MODEL = "(unknown model)"
 MAX_TAGS = 10
-
-_KEY_COLUMNS = ("k.id", "k.user_id", "k.team_id", "k.revoked_at", "k.expires_at", "k.allowed_models", "k.rpm_limit",
-                "k.tpm_limit", "k.suspended_at", "u.restricted_at", "u.deletion_requested_at")
-# The account's state comes with the key in the same indexed query: a
-# restriction (P53) holds for every key of the account, old or new.
-_KEY_SQL = (f"SELECT {', '.join(_KEY_COLUMNS)} FROM {ApiKey.__tablename__} k "
-            f"JOIN {User.__tablename__} u ON u.id = k.user_id WHERE k.lookup_hash = ")
-_PLACEHOLDER = {"qmark": "?", "numeric": ":1", "named": ":h", "format": "%s", "pyformat": "%s"}
-
-
-@dataclass(slots=True)
-class KeyRow:
-    """The key fields the relay needs, read once per request."""
-
-    id: int
-    user_id: int
-    team_id: int | None
-    revoked_at: object
-    expires_at: datetime | None
-    allowed_models: str | None
-    rpm_limit: int | None
-    tpm_limit: int | None
-    suspended_at: object
-    restricted_at: object
-    deletion_requested_at: object
-
-
-def _utc(value) -> datetime | None:
-    """A UTCDateTime column read past SQLAlchemy: a string (SQLite) or a naive datetime."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
-
-
-def _lookup_key(engine, lookup_hash: str) -> KeyRow | None:
-    """One indexed query on a pooled DBAPI connection. SQLAlchemy's Connection,
-    compiler and Result layers cost ~0.2 ms here, more than the query itself."""
-    sql = _KEY_SQL + _PLACEHOLDER[engine.dialect.paramstyle]
-    params = {"h": lookup_hash} if engine.dialect.paramstyle == "named" else (lookup_hash,)
-    conn = engine.raw_connection()
-    try:
-        cur = conn.cursor()
-        cur.execute(sql, params)
-        row = cur.fetchone()
-        cur.close()
-    finally:
-        conn.close()  # back to the pool (rolled back there, as with any checkout)
-    if row is None:
-        return None
-    key = KeyRow(*row)
-    key.expires_at = _utc(key.expires_at)
-    return key
-
 
 # ---- per-request state ---------------------------------------------------------------
 
@@ -106,7 +51,7 @@ class Call:
     req: Request = field(repr=False)
     started: datetime
     t0: float
-    key: KeyRow | None = None
+    key: keyauth.KeyRow | None = None
     project: str | None = None
     tags: list[str] | None = None
     # The name the client sent: echoed to the client only, never recorded.
@@ -174,26 +119,11 @@ def _error(call: Call, status: int, message: str, type_: str | None = None,
 
 # ---- request parsing -------------------------------------------------------------------
 
-def _raw_key(req: Request) -> str | None:
-    auth = req.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip() or None
-    return req.headers.get("x-api-key", "").strip() or None
-
-
 def _authenticate(call: Call) -> Response | None:
-    raw = _raw_key(call.req)
-    if not raw:
-        return _error(call, 401, "Missing API key. Send it as 'Authorization: Bearer <key>' or 'x-api-key'.",
-                      "authentication_error")
+    """The key and its account may be used now (app/keyauth.py, shared with the export API)."""
     ext = call.req.environ["relay.extensions"]
-    key = _lookup_key(ext["relay_engine"], ext["relay_hash_key"](raw))
-    if key is None:
-        return _error(call, 401, "Invalid API key.", "authentication_error")
-    refused = refusal(revoked_at=key.revoked_at, expires_at=key.expires_at, suspended_at=key.suspended_at,
-                      restricted_at=key.restricted_at, deletion_requested_at=key.deletion_requested_at,
-                      now=datetime.now(timezone.utc))
-    if refused:  # revoked, expired, or the account restricted or being deleted (P10, P53)
+    key, refused = keyauth.authenticate(call.req.headers, ext["relay_engine"], ext["relay_hash_key"])
+    if refused:
         status, type_, message = refused
         return _error(call, status, message, type_)
     call.key = key

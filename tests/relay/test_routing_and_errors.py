@@ -685,3 +685,23 @@ def test_many_requests_finishing_at_once_each_leave_a_row(relay, fake):
     rows = relay.new_rows(mark, n)
     assert len({r.request_id for r in rows}) == n
     assert [(r.status_code, r.usage_source, r.error_class) for r in rows] == [(200, "provider", None)] * n
+
+
+@pytest.mark.promise("P10", "P53")
+def test_the_relay_and_the_export_api_answer_every_key_state_alike(relay):
+    """One check (app/keyauth.py) behind both doors a key opens: a missing,
+    unknown, revoked or expired key gets the same status, type and message."""
+    revoked_id, revoked = relay.make_key(name="revoked at both doors")
+    relay.update_key(revoked_id, revoked_at=utcnow())
+    expired_id, expired = relay.make_key(name="expired at both doors")
+    relay.update_key(expired_id, expires_at=utcnow() - timedelta(minutes=1))
+    cases = {"missing": {}, "unknown": {"Authorization": "Bearer rk_" + "x" * 40},
+             "revoked": {"Authorization": f"Bearer {revoked}"}, "expired": {"x-api-key": expired}}
+    for name, headers in cases.items():
+        answers = []
+        for path in ("/v1/models", "/api/v1/export"):
+            resp = httpx.get(relay.url + path, headers=headers, timeout=10)
+            error = resp.json()["error"]
+            answers.append((resp.status_code, error["type"], error["message"]))
+        assert answers[0] == answers[1], name
+        assert answers[0][0] == 401, name
