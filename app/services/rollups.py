@@ -229,22 +229,34 @@ REBUILD_BATCH = 5000
 
 
 def rebuild(session: Any) -> int:
-    """Recount every cell from the raw usage rows kept now: for a deployment
-    upgraded from before the rollups existed, or after a hand edit. Rows of an
-    erased account (no user, no team) belong to nobody's view and are skipped.
-    One transaction; returns the number of rows counted. (Days older than the
-    raw-row window are only in usage_daily, which has no hours, projects, tags
-    or latencies, so they are not recounted here.)"""
+    """Recount the cells from the raw usage rows kept now: for a deployment
+    upgraded from before the rollups existed, or after a hand edit; safe to run
+    again. Only the days the raw rows wholly cover are recounted: from the
+    oldest raw row's day on, or from the day after when retention already
+    moved part of that day into usage_daily. Cells of earlier days (whose raw
+    rows are gone) stay as they are. Rows of an erased account (no user, no
+    team) belong to nobody's view and are skipped. One transaction; returns
+    the number of rows counted."""
+    from app.models import UsageDaily
+
     conn = session.connection()
-    conn.execute(sa.delete(TABLE))
     rec = UsageRecord.__table__
+    oldest = conn.execute(sa.select(sa.func.min(rec.c.started_at))).scalar()
+    if oldest is None:
+        return 0
+    since = day_of(oldest)
+    if conn.execute(sa.select(UsageDaily.__table__.c.id).where(UsageDaily.__table__.c.day == since.date())
+                    .limit(1)).first() is not None:
+        since += timedelta(days=1)
+    conn.execute(sa.delete(TABLE).where(TABLE.c.bucket >= since))
     cols = [rec.c[name] for name in ("id", "user_id", "team_id", "api_key_id", "model", "project", "tags",
                                      "started_at", "status_code", "input_tokens", "output_tokens",
                                      "cache_read_tokens", "cache_write_tokens", "cost_usd", "latency_ms", "ttft_ms")]
     last, counted = 0, 0
     while True:
         rows = [dict(r._mapping) for r in conn.execute(
-            sa.select(*cols).where(rec.c.id > last).order_by(rec.c.id).limit(REBUILD_BATCH))]
+            sa.select(*cols).where(rec.c.id > last, rec.c.started_at >= since).order_by(rec.c.id)
+            .limit(REBUILD_BATCH))]
         if not rows:
             return counted
         last = rows[-1]["id"]

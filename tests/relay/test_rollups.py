@@ -274,3 +274,34 @@ def test_P30_rebuild_recounts_the_totals_from_the_raw_rows(app):
             assert total(0, 7, grain) == (len(personal), Decimal("0.00000123") * sum(personal))
             assert total(3, 0, grain) == (len(team), Decimal("0.00000123") * sum(team))
             assert total(3, 7, grain) == (len(team), Decimal("0.00000123") * sum(team))
+
+
+def test_rebuild_keeps_the_days_whose_raw_rows_are_gone(app):
+    """Daily cells older than the raw rows, and a day that retention already
+    moved partly into usage_daily, are left as they are by a rebuild."""
+    from app.models import UsageDaily
+
+    today = rollups.day_of(datetime.now(UTC))
+    old_day, partial_day = today - timedelta(days=200), today - timedelta(days=90)
+
+    def cell(bucket):
+        return {"team_id": 0, "user_id": 7, "grain": "d", "dim": "", "bucket": bucket, "value": "",
+                **{name: 0 for name in rollups.SUMS}, "requests": 5}
+
+    with app.app_context():
+        conn = db.session.connection()
+        rollups.upsert(conn, {tuple(cell(b)[c] for c in rollups.CELL): [cell(b)[s] for s in rollups.SUMS]
+                              for b in (old_day, partial_day)})
+        db.session.add(UsageDaily(day=partial_day.date(), model="m", requests=4))
+        db.session.add(UsageRecord(request_id="req_partial", user_id=7, started_at=partial_day + timedelta(hours=23),
+                                   ended_at=partial_day + timedelta(hours=23), model="m", latency_ms=1,
+                                   status_code=200, usage_source="provider", cost_usd=Decimal(0)))
+        db.session.add(UsageRecord(request_id="req_recent", user_id=7, started_at=today, ended_at=today,
+                                   model="m", latency_ms=1, status_code=200, usage_source="provider",
+                                   cost_usd=Decimal(0)))
+        db.session.commit()
+        assert rollups.rebuild(db.session) == 1  # only the recent row: its day is wholly raw
+        db.session.commit()
+        daily = dict(db.session.execute(sa.select(UsageRollup.bucket, UsageRollup.requests).where(
+            UsageRollup.grain == "d", UsageRollup.dim == "", UsageRollup.user_id == 7)).all())
+    assert daily == {old_day: 5, partial_day: 5, today: 1}
