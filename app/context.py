@@ -31,6 +31,15 @@ def readable(model, user_id: int, team_id: int | None, whole_team: bool) -> list
     return [model.team_id == team_id, model.user_id == user_id]
 
 
+def rollup_cell(user_id: int, team_id: int | None, whole_team: bool) -> tuple[int, int]:
+    """The (team_id, user_id) of the usage_rollups scope holding exactly the
+    rows `readable` selects: (0, me) personal, (T, 0) a whole team, (T, me) a
+    member's part of it (0 stands for "none" there, see UsageRollup)."""
+    if team_id is None:
+        return 0, user_id
+    return team_id, 0 if whole_team else user_id
+
+
 @dataclass(frozen=True)
 class Context:
     user_id: int
@@ -50,6 +59,10 @@ class Context:
 
     def rows_of(self, model) -> list:
         return readable(model, self.user_id, self.team_id, self.sees_team)
+
+    @property
+    def rollup_cell(self) -> tuple[int, int]:
+        return rollup_cell(self.user_id, self.team_id, self.sees_team)
 
     @property
     def label(self) -> str:

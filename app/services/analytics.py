@@ -55,9 +55,7 @@ class Scope:
 def scope_for(ctx) -> Scope:
     """The cells a context may read: personal (0, me), team (T, 0) for owners
     and admins, (T, me) for a member."""
-    if not ctx.is_team:
-        return Scope(0, ctx.user_id)
-    return Scope(ctx.team_id, 0 if ctx.sees_team else ctx.user_id)
+    return Scope(*ctx.rollup_cell)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from decimal import Decimal
 
 import sqlalchemy as sa
 
-from app.context import readable
+from app.context import readable, rollup_cell
 from app.extensions import db
 from app.models import ApiKey, UsageRecord, UsageRollup
 from app.services import teams
@@ -49,9 +49,7 @@ class Scope:
     @property
     def rollup_cell(self) -> tuple[int, int]:
         """The (team_id, user_id) of the rollup scope holding exactly these rows."""
-        if self.team_id is None:
-            return 0, self.user_id
-        return self.team_id, 0 if self.whole_team else self.user_id
+        return rollup_cell(self.user_id, self.team_id, self.whole_team)
 
 
 def scope_for(ctx) -> Scope:
@@ -308,17 +306,6 @@ def summary(scope: Scope, filters: UsageFilters) -> UsageTotals:
         if totals.requests:
             return totals
     return _row_totals(scope, filters)
-
-
-def totals_for_user(user_id: int, since: datetime) -> UsageTotals:
-    """Requests, failures, tokens and spend since a moment, for the dashboard strip."""
-    failed = sa.case((U.status_code.between(200, 299), 0), else_=1)
-    s = sa.func.sum
-    row = db.session.execute(
-        sa.select(sa.func.count(), s(failed), s(U.input_tokens), s(U.output_tokens), s(U.cost_usd),
-                  s(U.cache_read_tokens), s(U.cache_write_tokens))
-        .where(U.user_id == user_id, U.started_at >= since)).one()
-    return _totals(row, "rows")
 
 
 # ---- the filter's choices ------------------------------------------------------------------
