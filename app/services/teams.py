@@ -191,6 +191,12 @@ def delete(actor: User, team: Team) -> int:
 
 # ---- members ------------------------------------------------------------------------------
 
+def live_key_count(team_id: int) -> int:
+    """The team's keys that are not revoked (deleting the team revokes them)."""
+    return db.session.scalar(sa.select(sa.func.count()).select_from(ApiKey).where(
+        ApiKey.team_id == team_id, ApiKey.revoked_at.is_(None))) or 0
+
+
 def keys_made_by(team_id: int, user_id: int) -> list[ApiKey]:
     """The live keys a member made for the team (revoked when they leave)."""
     return list(db.session.scalars(sa.select(ApiKey).where(

@@ -25,7 +25,7 @@ from flask_login import current_user, login_required
 from app import context
 from app.extensions import db, limiter
 from app.forms import EmptyForm
-from app.models import ApiKey, Team, TeamInvitation, TeamMember, User
+from app.models import Team, TeamInvitation, TeamMember, User
 from app.models.types import utcnow
 from app.numbers import page_number, parse_int
 from app.services import ServiceError, accounts, teams
@@ -120,12 +120,17 @@ def switch():
 @bp.route("/<slug>/")
 def show(slug: str):
     team, me = _team(slug)
+    return _team_page(team, me, _invite_form(me, formdata=None))
+
+
+def _team_page(team: Team, me: TeamMember, invite_form: InviteForm, status: int = 200):
+    """The team page: members, invitations (for managers), settings (for owners)."""
     rows = teams.members(team.id)
     return render_template(
         "teams/show.html", team=team, me=me, members=rows, owners=sum(1 for m, _ in rows if m.role == "owner"),
         invitations=teams.pending_invitations(team.id) if me.role in teams.MANAGERS else [],
-        invite_form=_invite_form(me, formdata=None), settings_form=TeamSettingsForm(formdata=None, obj=team),
-        role_form=RoleForm(formdata=None), inviters={u.id: u for _, u in rows}, now=utcnow())
+        invite_form=invite_form, settings_form=TeamSettingsForm(formdata=None, obj=team),
+        inviters={u.id: u for _, u in rows}, now=utcnow()), status
 
 
 @bp.route("/<slug>/settings", methods=["POST"])
@@ -163,12 +168,7 @@ def invite(slug: str):
             db.session.commit()
             flash(f"Invitation sent to {inv.email}.", "success")
             return redirect(url_for("teams.show", slug=team.slug) + "#invitations")
-    rows = teams.members(team.id)
-    return render_template(
-        "teams/show.html", team=team, me=me, members=rows, owners=sum(1 for m, _ in rows if m.role == "owner"),
-        invitations=teams.pending_invitations(team.id), invite_form=form,
-        settings_form=TeamSettingsForm(formdata=None, obj=team), role_form=RoleForm(formdata=None),
-        inviters={u.id: u for _, u in rows}, now=utcnow()), 400
+    return _team_page(team, me, form, 400)
 
 
 @bp.route("/<slug>/invitations/<int:invitation_id>/<any(resend, withdraw):action>", methods=["POST"])
@@ -266,8 +266,7 @@ def delete(slug: str):
             flash(f"“{name}” is deleted; {revoked} team key{'' if revoked == 1 else 's'} revoked. "
                   "Its usage stays on record for billing.", "success")
             return redirect(url_for("teams.index"))
-    live_keys = db.session.scalar(sa.select(sa.func.count()).select_from(ApiKey).where(
-        ApiKey.team_id == team.id, ApiKey.revoked_at.is_(None))) or 0
+    live_keys = teams.live_key_count(team.id)
     return render_template("teams/delete.html", form=form, team=team, live_keys=live_keys,
                            members=len(teams.members(team.id))), (400 if form.errors else 200)
 
