@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export FLASK_APP := wsgi
 
-.PHONY: run test test-sqlite test-postgresql setup setup-test system-deps clean
+.PHONY: run test lint test-sqlite test-postgresql setup setup-test system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,11 @@ system-deps:
 	bash scripts/install-system-deps.sh
 
 # The whole suite on SQLite, then again on a real PostgreSQL (+ Redis for rate limits).
-test: setup-test system-deps test-sqlite test-postgresql
+test: setup-test system-deps lint test-sqlite test-postgresql
+
+# ruff with the rule set in pyproject.toml, over the whole project.
+lint: setup-test
+	$(BIN)/ruff check .
 
 test-sqlite:
 	TEST_DB=sqlite $(BIN)/python -m pytest

@@ -49,8 +49,14 @@ def create_app(overrides: dict[str, Any] | None = None, migrations: bool = True)
     limiter.init_app(app)
     login_manager.init_app(app)
 
-    from app import models  # noqa: F401  (the whole schema, for Alembic)
-    from app import errors, inputs, numbers, security, web
+    from app import (
+        errors,
+        inputs,
+        models,  # noqa: F401  (the whole schema, for Alembic)
+        numbers,
+        security,
+        web,
+    )
     from app.services import mail
 
     numbers.init_app(app)  # the strict <int:...> converter, before any blueprint adds a rule
@@ -65,20 +71,20 @@ def create_app(overrides: dict[str, Any] | None = None, migrations: bool = True)
     jobs.init_app(app)  # the retention scheduler thread, when JOBS_SCHEDULER=thread
 
     from app.account.routes import bp as account_bp
-    from app.keys.routes import bp as keys_bp
+    from app.analytics.routes import bp as analytics_bp
     from app.auth.routes import bp as auth_bp
+    from app.catalog.routes import bp as catalog_bp
+    from app.deletion.routes import bp as deletion_bp
+    from app.exports.routes import bp as exports_bp
+    from app.incidents.routes import bp as incidents_bp
+    from app.keys.routes import bp as keys_bp
     from app.main.routes import bp as main_bp
     from app.policy.routes import bp as policy_bp
-    from app.staff.routes import bp as staff_bp
-    from app.usage.routes import bp as usage_bp
-    from app.privacy_center.routes import bp as privacy_center_bp
-    from app.exports.routes import bp as exports_bp
-    from app.deletion.routes import bp as deletion_bp
-    from app.incidents.routes import bp as incidents_bp
     from app.policy.staff import bp as policy_staff_bp
+    from app.privacy_center.routes import bp as privacy_center_bp
+    from app.staff.routes import bp as staff_bp
     from app.teams.routes import bp as teams_bp
-    from app.analytics.routes import bp as analytics_bp
-    from app.catalog.routes import bp as catalog_bp
+    from app.usage.routes import bp as usage_bp
 
     app.register_blueprint(main_bp)
     app.register_blueprint(auth_bp)

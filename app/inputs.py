@@ -15,7 +15,8 @@ Two defects of the same kind, each a 500 before any view could help:
 """
 from __future__ import annotations
 
-from flask import Flask, Request as FlaskRequest
+from flask import Flask
+from flask import Request as FlaskRequest
 from werkzeug.formparser import FormDataParser
 from werkzeug.utils import cached_property
 

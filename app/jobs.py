@@ -24,11 +24,11 @@ from flask import Flask, current_app
 from sqlalchemy.exc import IntegrityError
 
 from app.extensions import db
+from app.models import AuditCheckpoint, AuditEvent, JobLock, UsageDaily, UsageRecord, UserSession
+from app.models.types import utcnow
 from app.services import policy
 from app.services.dates import add_months
 from app.services.worker import BackgroundWorker
-from app.models import AuditCheckpoint, AuditEvent, JobLock, UsageDaily, UsageRecord, UserSession
-from app.models.types import utcnow
 
 log = logging.getLogger(__name__)
 

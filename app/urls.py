@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from flask import current_app, has_request_context, request, url_for
 
-
 LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
 

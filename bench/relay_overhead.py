@@ -237,7 +237,7 @@ def wait_quiet(max_wait: float, busy_cores: float = 0.3) -> float:
 class CPU:
     """CPU seconds used by each party between two snapshots; "other" is every process this run did not start."""
 
-    def __init__(self, bench: "Bench"):
+    def __init__(self, bench: Bench):
         self.bench = bench
         self.start = self._snap()
 
@@ -534,7 +534,7 @@ def pyload_run(port: int, auth: str, seconds: float, conns: int, procs: int = 2)
             "p99_ms": pct(lat, 99) * 1e3, "errors": sum(r[1][1] for r in results), "non2xx": sum(r[1][1] for r in results)}
 
 
-def throughput_c32(bench: "Bench", rounds: int, seconds: float, conns: int = 32) -> dict:
+def throughput_c32(bench: Bench, rounds: int, seconds: float, conns: int = 32) -> dict:
     run = (lambda port, auth: wrk_run(port, auth, seconds, conns, bench.tmp)) if bench.loadgen == "wrk" else \
         (lambda port, auth: pyload_run(port, auth, seconds, conns))
     run(bench.relay_port, bench.key)  # warm-up round, not counted: pools fill, code paths warm
@@ -769,7 +769,7 @@ def stream_level(port: int, req: bytes, n: int, hold: float, ramp: float, sample
             "stall_free": lv.delayed == 0 and lv.slow_first == 0 and lv.errors == 0}
 
 
-def streams_ramp(bench: "Bench", levels: list[int], hold: float) -> dict:
+def streams_ramp(bench: Bench, levels: list[int], hold: float) -> dict:
     ramp = STREAM_CHUNKS * CHUNK_DELAY + 0.15
     out: dict = {"levels": {}, "chunk_delay_ms": CHUNK_DELAY * 1e3,
                  "delayed_when_gap_over_ms": (CHUNK_DELAY + STALL_SLACK) * 1e3, "hold_s": hold}

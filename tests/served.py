@@ -52,7 +52,7 @@ class Served:
         self.proc: subprocess.Popen | None = None
         self._log = None
 
-    def start(self, timeout: float = 60.0) -> "Served":
+    def start(self, timeout: float = 60.0) -> Served:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(["bash", "scripts/serve.sh"], cwd=ROOT, env=self.env, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)

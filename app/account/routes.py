@@ -1,8 +1,7 @@
 """The account page: profile (P04), email, password, two-factor (P05), sessions."""
 from __future__ import annotations
 
-from flask import (Blueprint, Response, abort, current_app, flash, redirect, render_template, request,
-                   session, url_for)
+from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required
 
 from app.account.devices import describe as describe_device
@@ -14,8 +13,16 @@ from app.models.types import utcnow
 from app.services import ServiceError, accounts, sessions, totp
 from app.services.audit import record_event
 from app.services.crypto import decrypt, encrypt
-from app.web import (current_session, end_login, fresh_login_required, is_htmx, limit_per_address,
-                     limit_per_own_account, safe_next, same_time_for_any_address)
+from app.web import (
+    current_session,
+    end_login,
+    fresh_login_required,
+    is_htmx,
+    limit_per_address,
+    limit_per_own_account,
+    safe_next,
+    same_time_for_any_address,
+)
 
 bp = Blueprint("account", __name__)
 

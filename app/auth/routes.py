@@ -11,8 +11,17 @@ from app.extensions import db, limiter
 from app.models import User
 from app.services import ServiceError, accounts, policy, teams, tokens, totp
 from app.services.audit import record_event
-from app.web import (begin_login, current_session, end_login, limit_per_address, limit_per_named_account,
-                     limit_per_own_account, own_account_key, safe_next, same_time_for_any_address)
+from app.web import (
+    begin_login,
+    current_session,
+    end_login,
+    limit_per_address,
+    limit_per_named_account,
+    limit_per_own_account,
+    own_account_key,
+    safe_next,
+    same_time_for_any_address,
+)
 
 bp = Blueprint("auth", __name__)
 

@@ -42,7 +42,7 @@ class User(UserMixin, db.Model):
     # Deletion requested (P52): sign-in blocked until cancelled or erased.
     deletion_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
-    sessions: Mapped[list["UserSession"]] = relationship(
+    sessions: Mapped[list[UserSession]] = relationship(
         back_populates="user", cascade="all, delete-orphan", passive_deletes=True)
 
     @property

@@ -1,7 +1,7 @@
 """The privacy policy (P61): the version in effect, every archived one, and
 the next one while it waits for its date (P62)."""
-from flask import Blueprint, abort, render_template
 import sqlalchemy as sa
+from flask import Blueprint, abort, render_template
 
 from app.extensions import db
 from app.models import PolicyVersion

@@ -5,11 +5,11 @@ summary and an effective date (a material change at least 14 days ahead),
 confirm the mailing to every account, and follow its progress."""
 from __future__ import annotations
 
+import sqlalchemy as sa
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, url_for
 from flask_login import current_user
 from wtforms import BooleanField, DateField, HiddenField, TextAreaField
 from wtforms.validators import DataRequired, Length
-import sqlalchemy as sa
 
 from app.auth.forms import EmptyForm
 from app.extensions import db

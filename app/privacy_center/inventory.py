@@ -16,10 +16,23 @@ from flask import current_app
 from sqlalchemy.orm import aliased
 
 from app.extensions import db
+from app.models import (
+    ApiKey,
+    AuditEvent,
+    ConsentEvent,
+    DataExport,
+    OutboxMessage,
+    PolicyAcceptance,
+    PrivacyRequest,
+    RecoveryCode,
+    TeamMember,
+    UsageDaily,
+    UsageRecord,
+    User,
+    UserSession,
+)
 from app.services import policy
 from app.services.dates import add_months
-from app.models import (ApiKey, TeamMember, AuditEvent, ConsentEvent, DataExport, OutboxMessage, PolicyAcceptance,
-                        PrivacyRequest, RecoveryCode, UsageDaily, UsageRecord, User, UserSession)
 
 UNTIL_DELETION = "until you delete your account"
 

@@ -12,8 +12,17 @@ from __future__ import annotations
 import math
 
 import sqlalchemy as sa
-from flask import (Blueprint, abort, flash, has_request_context, make_response, redirect,
-                   render_template, request, url_for)
+from flask import (
+    Blueprint,
+    abort,
+    flash,
+    has_request_context,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask_login import current_user, login_required
 
 from app.auth.forms import EmptyForm

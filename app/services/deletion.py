@@ -26,13 +26,25 @@ from flask import current_app
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from app.extensions import db
-from app.models import (ApiKey, ConsentEvent, DataExport, IncidentNotice, OneTimeToken, OutboxMessage,
-                        PolicyAcceptance, PolicyNotice, PrivacyRequest, RecoveryCode, UsageDaily, UsageRecord,
-                        User, UserSession)
+from app.models import (
+    ApiKey,
+    ConsentEvent,
+    DataExport,
+    IncidentNotice,
+    OneTimeToken,
+    OutboxMessage,
+    PolicyAcceptance,
+    PolicyNotice,
+    PrivacyRequest,
+    RecoveryCode,
+    UsageDaily,
+    UsageRecord,
+    User,
+    UserSession,
+)
 from app.models.types import utcnow
-from app.services import ServiceError, keys, mail, policy, teams
+from app.services import ServiceError, keys, mail, policy, rollups, teams
 from app.services import privacy as privacy_core
-from app.services import rollups
 from app.services.audit import record_event
 from app.services.crypto import token_hash
 from app.urls import public_url

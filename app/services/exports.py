@@ -20,28 +20,42 @@ import logging
 import os
 import secrets
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from flask import Flask, current_app, has_app_context
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.extensions import db
-from app.models import (ApiKey, AuditEvent, ConsentEvent, DataExport, OutboxMessage, PolicyAcceptance,
-                        PolicyVersion, PrivacyRequest, Team, TeamMember, UsageDaily, UsageRecord, User,
-                        UserSession)
-from app.services.worker import BackgroundWorker
+from app.models import (
+    ApiKey,
+    AuditEvent,
+    ConsentEvent,
+    DataExport,
+    OutboxMessage,
+    PolicyAcceptance,
+    PolicyVersion,
+    PrivacyRequest,
+    Team,
+    TeamMember,
+    UsageDaily,
+    UsageRecord,
+    User,
+    UserSession,
+)
 from app.models.types import utcnow
 from app.services import ServiceError
 from app.services.audit import record_event
 from app.services.crypto import token_hash, token_hasher
+from app.services.worker import BackgroundWorker
 from app.urls import public_base_url
 
 log = logging.getLogger(__name__)

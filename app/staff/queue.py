@@ -45,7 +45,7 @@ class QueueFilters:
     page: int = 1
 
     @classmethod
-    def parse(cls, args) -> "QueueFilters":
+    def parse(cls, args) -> QueueFilters:
         """Read the query string; anything unknown falls back to the default
         rather than failing, since these URLs are hand-edited and bookmarked."""
         f = cls()

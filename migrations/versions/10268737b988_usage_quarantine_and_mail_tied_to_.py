@@ -5,11 +5,10 @@ Revises: 41f723f9982b
 Create Date: 2026-12-01 10:13:59.733024
 
 """
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 import app.models.types
-
 
 # revision identifiers, used by Alembic.
 revision = '10268737b988'

@@ -10,11 +10,10 @@ the team an audit event belongs to, for the team's activity page; and an
 index for a team's requests by time.
 
 """
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 import app.models.types
-
 
 # revision identifiers, used by Alembic.
 revision = '3ed616a81741'

@@ -5,11 +5,10 @@ Revises: 6238a4185cc2
 Create Date: 2026-11-24 01:17:59.318743
 
 """
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 import app.models.types
-
 
 # revision identifiers, used by Alembic.
 revision = '41f723f9982b'

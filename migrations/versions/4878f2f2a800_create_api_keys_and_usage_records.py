@@ -5,11 +5,10 @@ Revises: 7b497a24067e
 Create Date: 2026-11-23 22:20:35.557785
 
 """
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 import app.models.types
-
 
 # revision identifiers, used by Alembic.
 revision = '4878f2f2a800'

@@ -12,8 +12,6 @@ counter starts above every account id still referenced anywhere, so an id
 erased before this revision is not handed out either.
 """
 from alembic import op
-import sqlalchemy as sa
-
 
 # revision identifiers, used by Alembic.
 revision = '5c0a3e9d7b21'

@@ -5,11 +5,10 @@ Revises: bb8c5bffa849
 Create Date: 2026-11-24 00:44:45.093899
 
 """
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 import app.models.types
-
 
 # revision identifiers, used by Alembic.
 revision = '6238a4185cc2'

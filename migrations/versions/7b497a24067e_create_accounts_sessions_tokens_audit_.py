@@ -5,11 +5,10 @@ Revises:
 Create Date: 2026-11-23 22:01:38.040692
 
 """
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 import app.models.types
-
 
 # revision identifiers, used by Alembic.
 revision = '7b497a24067e'

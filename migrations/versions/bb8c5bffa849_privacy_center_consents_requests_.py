@@ -5,11 +5,10 @@ Revises: 4878f2f2a800
 Create Date: 2026-11-24 00:40:28.468236
 
 """
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 import app.models.types
-
 
 # revision identifiers, used by Alembic.
 revision = 'bb8c5bffa849'

@@ -65,7 +65,7 @@ class SMTPServer:
         self.port = free_port()
         self.controller = Controller(self.mailbox, hostname="127.0.0.1", port=self.port)
 
-    def start(self) -> "SMTPServer":
+    def start(self) -> SMTPServer:
         self.controller.start()
         return self
 

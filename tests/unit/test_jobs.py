@@ -13,11 +13,11 @@ import sqlalchemy as sa
 
 from app import jobs
 from app.extensions import db
-from app.services.dates import add_months
 from app.models import AuditCheckpoint, AuditEvent, JobLock, PrivacyRequest, UsageDaily, UsageRecord, User
 from app.models.types import utcnow
 from app.services import audit, deletion
 from app.services.audit import record_event, verify_chain
+from app.services.dates import add_months
 
 _seq = iter(range(1_000_000))
 

@@ -66,7 +66,7 @@ class Browser:
                         self.cookies[name] = morsel.value
         return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, text)
 
-    def on(self, base_url: str) -> "Browser":
+    def on(self, base_url: str) -> Browser:
         """The same browser (one cookie jar) talking to another server of the
         same deployment: a second process behind the same load balancer."""
         other = Browser(base_url)

@@ -21,8 +21,16 @@ import sqlalchemy as sa
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
 from app.extensions import db
-from app.models import (AuditEvent, ConsentEvent, OneTimeToken, OutboxMessage, PolicyAcceptance, PolicyVersion,
-                        User, UserSession)
+from app.models import (
+    AuditEvent,
+    ConsentEvent,
+    OneTimeToken,
+    OutboxMessage,
+    PolicyAcceptance,
+    PolicyVersion,
+    User,
+    UserSession,
+)
 from tests.conftest import Forms
 from tests.fakes.smtp import body, link
 

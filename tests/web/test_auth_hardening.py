@@ -22,8 +22,7 @@ from app.extensions import db
 from app.models import OutboxMessage, User, UserSession
 from tests.conftest import Forms, csrf_from
 from tests.fakes.smtp import link
-from tests.web.test_auth import (PASSWORD, count, is_logged_in, location, path_of, signup_data, text,
-                                 without_tokens)
+from tests.web.test_auth import PASSWORD, count, is_logged_in, location, path_of, signup_data, text, without_tokens
 
 # One account, "zoë@example.com", typed five ways. Under the old limiter key
 # (the raw address, stripped and lower-cased) the first four are four different

@@ -16,8 +16,19 @@ import pytest
 import sqlalchemy as sa
 
 from app.extensions import db
-from app.models import (ApiKey, AuditEvent, ConsentEvent, DataExport, OneTimeToken, PrivacyRequest, RecoveryCode,
-                        UsageDaily, UsageRecord, User, UserSession)
+from app.models import (
+    ApiKey,
+    AuditEvent,
+    ConsentEvent,
+    DataExport,
+    OneTimeToken,
+    PrivacyRequest,
+    RecoveryCode,
+    UsageDaily,
+    UsageRecord,
+    User,
+    UserSession,
+)
 from app.models.types import utcnow
 from app.services import ServiceError, deletion
 from app.services import keys as key_service

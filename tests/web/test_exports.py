@@ -21,8 +21,17 @@ import pytest
 import sqlalchemy as sa
 
 from app.extensions import db
-from app.models import (ApiKey, AuditEvent, ConsentEvent, DataExport, OutboxMessage, UsageDaily, UsageRecord, User,
-                        UserSession)
+from app.models import (
+    ApiKey,
+    AuditEvent,
+    ConsentEvent,
+    DataExport,
+    OutboxMessage,
+    UsageDaily,
+    UsageRecord,
+    User,
+    UserSession,
+)
 from app.models.types import utcnow
 from app.services import ServiceError, exports, keys
 from app.services.audit import verify_chain

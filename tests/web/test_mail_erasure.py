@@ -22,7 +22,8 @@ from app import jobs
 from app.extensions import db
 from app.models import AuditEvent, IncidentNotice, OutboxMessage, PolicyVersion, PrivacyRequest, User
 from app.models.types import utcnow
-from app.services import exports, incidents, mail as mail_service, policy
+from app.services import exports, incidents, policy
+from app.services import mail as mail_service
 from app.services.audit import verify_chain
 from tests.conftest import Forms
 from tests.fakes.smtp import link

@@ -182,8 +182,9 @@ def fake():
 def world(make_app, fake, tmp_path, monkeypatch) -> World:
     """An app with data behind every kind of id in a URL: a policy version,
     a key, a privacy request, an incident, sessions; and a relay with models."""
-    from app.models import ApiKey, Incident, PrivacyRequest, PolicyVersion
-    from app.services import consent_links, incidents, keys as key_service, policy, tokens
+    from app.models import ApiKey, Incident, PolicyVersion, PrivacyRequest
+    from app.services import consent_links, incidents, policy, tokens
+    from app.services import keys as key_service
 
     monkeypatch.setenv("NO500_UPSTREAM_KEY", UPSTREAM_KEY)
     # Answers that must not reveal an account are padded to a time floor; this

@@ -6,8 +6,7 @@ Two apps share one database here: the first with the settings of version 1,
 the second with the operator's new settings, as after a restart."""
 from __future__ import annotations
 
-import re
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import datetime, time, timedelta, timezone
 from decimal import Decimal
 
 import pytest

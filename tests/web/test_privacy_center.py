@@ -14,10 +14,10 @@ from itsdangerous import URLSafeSerializer
 from app.extensions import db
 from app.models import ApiKey, AuditEvent, ConsentEvent, DataExport, PrivacyRequest, UsageDaily, UsageRecord, User
 from app.models.types import utcnow
-from app.services.dates import add_months
 from app.privacy_center.prefs import preferred_range
 from app.services import privacy
 from app.services.consent_links import unsubscribe_url
+from app.services.dates import add_months
 from app.services.passwords import hash_password
 from app.services.policy import current_version
 from tests.conftest import Forms, csrf_from

@@ -28,7 +28,6 @@ from app.models.types import utcnow
 from tests.conftest import Forms
 from tests.fakes.smtp import link
 
-
 pytestmark = pytest.mark.promise("P12", "P31")
 
 def text(resp) -> str:
