@@ -95,7 +95,8 @@ def main() -> None:
         stream(app, uid)
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        print(f"traced peak   {peak / 2**20:12,.1f} MiB during iter_zip ({time.perf_counter() - t:.1f} s under tracemalloc)")
+        print(f"traced peak   {peak / 2**20:12,.1f} MiB during iter_zip "
+              f"({time.perf_counter() - t:.1f} s under tracemalloc)")
 
 
 if __name__ == "__main__":

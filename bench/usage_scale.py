@@ -43,9 +43,9 @@ if VENV_PY.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve()
     os.execv(str(VENV_PY), [str(VENV_PY), *sys.argv])  # the app needs the project's venv
 sys.path.insert(0, str(ROOT))
 
-import sqlalchemy as sa
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.expression import ClauseElement, Executable
+import sqlalchemy as sa  # noqa: E402  (after the re-exec into the venv, which has it)
+from sqlalchemy.ext.compiler import compiles  # noqa: E402
+from sqlalchemy.sql.expression import ClauseElement, Executable  # noqa: E402
 
 MEMBERS, KEYS_PER_MEMBER, DAYS, BATCH = 50, 4, 90, 50_000
 MODELS = ["gpt-4o-mini", "gpt-4o", "claude-sonnet-4-5", "claude-haiku-4-5", "o3-mini", "text-embedding-3-small",
