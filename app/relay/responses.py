@@ -12,7 +12,7 @@ is refused for every target by ``check_request``: ``previous_response_id``,
 input items. When ``store`` is absent the relay sends ``store: false`` (OpenAI's
 default is true).
 
-Conventions shared with ``translate`` (see its docstring):
+Conventions shared with ``app.relay.wire`` and the translation directions (see their docstrings):
 
 * ``Usage.input_tokens`` is the *uncached* input. The Responses API's
   ``input_tokens`` includes the tokens read from the cache (``cached_tokens``)
@@ -45,7 +45,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from app.relay.translate import DEFAULT_MAX_TOKENS, TranslationError, Usage, usage_from_anthropic
+from app.relay.wire import DEFAULT_MAX_TOKENS, TranslationError, Usage, usage_from_anthropic
 
 try:  # orjson is what the relay uses; json keeps the module importable without it
     import orjson as _orjson
