@@ -96,7 +96,7 @@ def rollup_usage(now: datetime) -> int:
                       sa.func.sum(UsageRecord.cost_usd))
             .where(in_batch).group_by(*cols)).all()
         for g in groups:
-            key = dict(zip(GROUP, g[:5]))
+            key = dict(zip(GROUP, g[:5], strict=True))
             n, errors, tin, tout, cread, cwrite, cost = g[5:]
             row = db.session.scalar(sa.select(UsageDaily).where(
                 UsageDaily.day == day, *(_same(getattr(UsageDaily, c), v) for c, v in key.items())).limit(1))

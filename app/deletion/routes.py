@@ -27,8 +27,9 @@ _STEP = "deletion_confirmed_at"
 
 def _facts() -> dict:
     c = current_app.config
+    sole_owner_of = teams.sole_owner_of(current_user.id) if current_user.is_authenticated else []
     return {"grace_days": c["DELETION_GRACE_DAYS"], "billing_years": policy.enforced("BILLING_RETENTION_YEARS"),
-            "confirm_word": CONFIRM_WORD, "sole_owner_of": teams.sole_owner_of(current_user.id) if current_user.is_authenticated else []}
+            "confirm_word": CONFIRM_WORD, "sole_owner_of": sole_owner_of}
 
 
 @bp.route("/", methods=["GET", "POST"])

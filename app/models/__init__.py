@@ -9,6 +9,8 @@ from app.models.team import Team, TeamInvitation, TeamMember
 from app.models.usage import UsageQuarantine, UsageRecord, UsageRollup
 from app.models.user import OneTimeToken, RecoveryCode, User, UserSession
 
-__all__ = ["ApiKey", "UsageRecord", "UsageQuarantine", "UsageRollup", "Team", "TeamMember", "TeamInvitation", "AuditEvent", "OutboxMessage", "PolicyAcceptance", "PolicyNotice", "PolicyVersion",
+__all__ = ["ApiKey", "UsageRecord", "UsageQuarantine", "UsageRollup", "Team", "TeamMember", "TeamInvitation",
+           "AuditEvent", "OutboxMessage", "PolicyAcceptance", "PolicyNotice", "PolicyVersion",
            "OneTimeToken", "RecoveryCode", "User", "UserSession",
-           "AuditCheckpoint", "ConsentEvent", "Incident", "IncidentNotice", "DataExport", "JobLock", "PrivacyRequest", "UsageDaily"]
+           "AuditCheckpoint", "ConsentEvent", "Incident", "IncidentNotice", "DataExport", "JobLock", "PrivacyRequest",
+           "UsageDaily"]

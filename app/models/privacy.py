@@ -86,7 +86,8 @@ class DataExport(db.Model):
     user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
     request_id: Mapped[int | None] = mapped_column(sa.Integer)
     source: Mapped[str] = mapped_column(sa.String(10))  # portal, api, staff
-    status: Mapped[str] = mapped_column(sa.String(12), default="queued")  # queued running ready failed downloaded expired
+    # queued, running, ready, failed, downloaded, expired
+    status: Mapped[str] = mapped_column(sa.String(12), default="queued")
     progress: Mapped[int] = mapped_column(sa.Integer, default=0)  # percent
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

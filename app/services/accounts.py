@@ -28,7 +28,7 @@ def normalize_email(raw: str) -> tuple[str, str]:
     try:
         info = validate_email((raw or "").strip(), check_deliverability=False)
     except EmailNotValidError as exc:
-        raise ServiceError(f"Enter a valid email address: {exc}")
+        raise ServiceError(f"Enter a valid email address: {exc}") from None  # its reason is in the message
     return info.normalized, info.normalized.lower()
 
 

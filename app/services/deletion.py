@@ -119,7 +119,7 @@ def _check_cancel_token(token: str, now: datetime) -> tuple[OneTimeToken, User, 
     try:
         data = _serializer().loads(token)
     except BadSignature:
-        raise ServiceError(BAD_LINK)
+        raise ServiceError(BAD_LINK) from None  # the error carries the token's payload
     if not isinstance(data, dict) or not {"u", "r", "n"} <= data.keys():
         raise ServiceError(BAD_LINK)
     row = db.session.scalar(sa.select(OneTimeToken).where(

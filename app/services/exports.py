@@ -463,7 +463,7 @@ def _pages(cat: Category, uid: int) -> Iterator[list[tuple]]:
         at = [cols.index(k.key) for k in keys]
         last = tuple(rows[-1][i] for i in at)
         if cat.derive is not None:
-            page = [cat.derive(dict(zip(cols, r))) for r in rows]
+            page = [cat.derive(dict(zip(cols, r, strict=True))) for r in rows]
             yield [tuple(d[n] for n in names) for d in page]
         else:
             idx = [cols.index(n) for n in names]
@@ -529,7 +529,7 @@ def _write_zip(fp, user: User) -> Iterator[tuple[int, int]]:
                 sep = b"\n"
                 for page in _pages(cat, uid):
                     for part in _chunks(page):
-                        out.write(sep + b",\n".join([orjson.dumps(dict(zip(names, values)))
+                        out.write(sep + b",\n".join([orjson.dumps(dict(zip(names, values, strict=True)))
                                                       for values in _convert_all(convs, part)]))
                         sep = b",\n"
                         done += len(part)

@@ -159,7 +159,8 @@ def upsert(conn, cells: dict[Cell, list]) -> int:
     cannot deadlock each other on PostgreSQL."""
     if not cells:
         return 0
-    params = [{**dict(zip(CELL, cell)), **dict(zip(SUMS, sums))} for cell, sums in sorted(cells.items())]
+    params = [{**dict(zip(CELL, cell, strict=True)), **dict(zip(SUMS, sums, strict=True))}
+              for cell, sums in sorted(cells.items())]
     conn.execute(_upsert_statement(conn), params)
     return len(params)
 

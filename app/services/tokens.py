@@ -57,12 +57,13 @@ def issue(user: User, purpose: str, **extra: Any) -> str:
 
 def consume(token: str, purpose: str) -> tuple[User, dict[str, Any]]:
     """Check and use up a link token; return its user and extra data."""
+    # `from None` below: itsdangerous's errors carry the token's payload and quote its signature.
     try:
         data = _serializer(purpose).loads(token, max_age=int(_lifetime(purpose).total_seconds()))
     except SignatureExpired:
-        raise ServiceError("This link has expired. Ask for a new one.")
+        raise ServiceError("This link has expired. Ask for a new one.") from None
     except BadSignature:
-        raise ServiceError("This link is not valid. Check that you copied all of it, or ask for a new one.")
+        raise ServiceError("This link is not valid. Check that you copied all of it, or ask for a new one.") from None
     row = db.session.scalar(sa.select(OneTimeToken).where(
         OneTimeToken.nonce_hash == token_hash(data["n"], purpose), OneTimeToken.purpose == purpose))
     now = utcnow()

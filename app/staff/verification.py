@@ -60,12 +60,13 @@ def send_link(req: PrivacyRequest, staff: User) -> None:
 
 
 def _load(token: str) -> dict:
+    # `from None` below: itsdangerous's errors carry the token's payload and quote its signature.
     try:
         return _serializer().loads(token, max_age=int(_lifetime().total_seconds()))
     except SignatureExpired:
-        raise ServiceError("This link has expired. Reply to our message and we will send a new one.")
+        raise ServiceError("This link has expired. Reply to our message and we will send a new one.") from None
     except BadSignature:
-        raise ServiceError("This link is not valid. Check that you copied all of it.")
+        raise ServiceError("This link is not valid. Check that you copied all of it.") from None
 
 
 def _row(data: dict) -> OneTimeToken | None:

@@ -14,7 +14,8 @@ ROLE_CHOICES = [("member", "Member: uses the team, sees own usage"),
 class CreateTeamForm(Form):
     name = StringField("Team name", validators=[DataRequired("Give the team a name."),
                                                 Length(max=100, message="Use at most 100 characters.")])
-    slug = StringField("Address (optional)", validators=[Optional(), Length(max=48, message="Use at most 48 characters.")])
+    slug = StringField("Address (optional)", validators=[Optional(),
+                                                         Length(max=48, message="Use at most 48 characters.")])
 
 
 class TeamSettingsForm(Form):

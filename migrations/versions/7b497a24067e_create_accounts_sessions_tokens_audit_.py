@@ -1,7 +1,7 @@
 """create accounts, sessions, tokens, audit log, outbox and policy tables
 
 Revision ID: 7b497a24067e
-Revises: 
+Revises:
 Create Date: 2026-11-23 22:01:38.040692
 
 """

@@ -85,7 +85,7 @@ def test_request_wait_download_and_check(page: Page, live_server, tmp_path):
         rows = db.session.scalars(sa.select(UsageRecord).where(UsageRecord.user_id == uid)
                                   .order_by(UsageRecord.started_at)).all()
         assert [r["request_id"] for r in usage] == [r.request_id for r in rows]
-        for got, row in zip(usage, rows):
+        for got, row in zip(usage, rows, strict=True):
             assert (got["model"], got["status_code"], got["input_tokens"], got["output_tokens"]) == \
                 (row.model, row.status_code, row.input_tokens, row.output_tokens)
             assert Decimal(got["cost_usd"]) == row.cost_usd

@@ -82,10 +82,11 @@ def test_consents_history_and_dark_theme(page: Page, live_server):
     page.screenshot(path="/tmp/e2e-privacy-center.png", full_page=True)
 
     # The two read-only pages linked from the overview.
-    page.get_by_role("navigation", name="Your data").get_by_role("link", name=re.compile("What we keep about you")).click()
+    your_data = page.get_by_role("navigation", name="Your data")  # a locator: found again on each page
+    your_data.get_by_role("link", name=re.compile("What we keep about you")).click()
     expect(page.get_by_role("heading", name="What we keep about you")).to_be_visible()
     expect(page.get_by_role("row", name=re.compile(r"^Consent history"))).to_contain_text("4")
     page.screenshot(path="/tmp/e2e-privacy-data.png", full_page=True)
     page.get_by_role("link", name="← Privacy center").click()
-    page.get_by_role("navigation", name="Your data").get_by_role("link", name=re.compile("Who looked at my data")).click()
+    your_data.get_by_role("link", name=re.compile("Who looked at my data")).click()
     expect(page.get_by_text("No one from our staff has looked at your data.")).to_be_visible()

@@ -55,8 +55,10 @@ def seed(app, email: str) -> None:
                 source = "estimated"
             rows.append({
                 "request_id": f"req_{i:02d}{secrets.token_hex(11)}", "user_id": uid, "api_key_id": keys[i % 2].id,
-                "project": "checkout" if i % 3 == 0 else None, "tags": json.dumps(["beta", "eu"]) if i % 4 == 0 else None,
-                "started_at": began, "ended_at": began + timedelta(milliseconds=900 + i), "model": model, "provider": provider,
+                "project": "checkout" if i % 3 == 0 else None,
+                "tags": json.dumps(["beta", "eu"]) if i % 4 == 0 else None,
+                "started_at": began, "ended_at": began + timedelta(milliseconds=900 + i),
+                "model": model, "provider": provider,
                 "input_tokens": 0 if status != 200 else 1200 + 37 * i, "output_tokens": 0 if status != 200 else 180 + i,
                 "cache_read_tokens": 1024 if claude else 0, "cache_write_tokens": 256 if claude and i < 10 else 0,
                 "cost_usd": Decimal(0) if status != 200 else Decimal("0.000318") + Decimal(i) / 100000,

@@ -68,7 +68,11 @@ price = {{ input = 3.0, output = 15.0, cache_read = 0.3, cache_write = 3.75 }}
 
 [[models]]
 name = "fallback-test"
-targets = [ {{ provider = "dead", model = "x" }}, {{ provider = "oai", model = "gpt-primary" }}, {{ provider = "backup", model = "gpt-backup" }} ]
+targets = [
+    {{ provider = "dead", model = "x" }},
+    {{ provider = "oai", model = "gpt-primary" }},
+    {{ provider = "backup", model = "gpt-backup" }},
+]
 price = {{ input = 1.0, output = 1.0 }}
 
 [[models]]

@@ -205,7 +205,8 @@ def test_x_api_key_header_and_bearer_both_work(relay, fake):
     assert r.status_code == 200
     # The same two ways for the OpenAI shape.
     chat = {"model": "gpt-test", "messages": [{"role": "user", "content": "raw"}]}
-    assert httpx.post(relay.url + "/v1/chat/completions", json=chat, headers={"x-api-key": relay.key}).status_code == 200
+    r = httpx.post(relay.url + "/v1/chat/completions", json=chat, headers={"x-api-key": relay.key})
+    assert r.status_code == 200
     # Only the key was checked, not a wrong one in the other header.
     r = httpx.post(relay.url + "/v1/messages", json=body, headers={"x-api-key": "rk_wrong"})
     assert r.status_code == 401 and r.json()["type"] == "error"

@@ -101,7 +101,8 @@ def test_a_row_the_database_refuses_is_quarantined_and_every_other_row_written(r
         with relay.app.app_context():
             before = db.session.scalar(sa.select(sa.func.count()).select_from(UsageQuarantine))
         a = post(relay, "/v1/chat/completions", {"model": "gpt-test", "messages": HELLO})
-        b = post(relay, "/v1/chat/completions", {"model": "gpt-test", "messages": HELLO}, **{"X-Relay-Project": "poison"})
+        b = post(relay, "/v1/chat/completions", {"model": "gpt-test", "messages": HELLO},
+                 **{"X-Relay-Project": "poison"})
         c = post(relay, "/v1/chat/completions", {"model": "gpt-test", "messages": HELLO})
         assert a.status_code == b.status_code == c.status_code == 200  # the client is answered either way
         rows = relay.new_rows(mark, 2)

@@ -149,7 +149,8 @@ def test_a_replayed_segment_writes_each_row_once(make_app, tmp_path):
     (spool / f"usage-{meter.spool.db}-1-dead-000000.log").write_bytes(b"\n".join(lines) + b"\n")
     assert meter.recover_orphans() == 10
     with app.app_context():
-        n = db.session.execute(sa.select(UsageRecord.request_id, sa.func.count()).group_by(UsageRecord.request_id)).all()
+        n = db.session.execute(sa.select(UsageRecord.request_id, sa.func.count())
+                               .group_by(UsageRecord.request_id)).all()
     assert len(n) == 10 and all(c == 1 for _, c in n)
 
 

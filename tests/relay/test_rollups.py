@@ -36,7 +36,7 @@ def generated_rows(n: int, seed: int = 7) -> list[dict]:
     cost), cached (cache tokens), estimated (stream cut short), personal and team."""
     rnd = random.Random(seed)
     rows = []
-    for i in range(n):
+    for _ in range(n):
         user = rnd.choice(MEMBERS + (SOLO,))
         team = None if user == SOLO or rnd.random() < 0.2 else TEAM
         kind = rnd.choice(["stream", "whole", "failed", "cached", "estimated"])

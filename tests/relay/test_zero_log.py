@@ -189,8 +189,8 @@ def _all_paths(relay, fake, c: Canary) -> None:
     # -- requests the relay refuses itself
     raw_headers = {"Authorization": f"Bearer {relay.key}", "Content-Type": "application/json"}
     for path in ("/v1/chat/completions", "/v1/messages", "/v1/embeddings"):
-        r = httpx.post(relay.url + path, headers=raw_headers,
-                       content=('{"model": "gpt-test", "messages": [{"role": "user", "content": "%s"' % c.text).encode())
+        cut_short = f'{{"model": "gpt-test", "messages": [{{"role": "user", "content": "{c.text}"'
+        r = httpx.post(relay.url + path, headers=raw_headers, content=cut_short.encode())
         assert r.status_code == 400
         r = httpx.post(relay.url + path, headers=raw_headers, content=json.dumps([c.text]).encode())
         assert r.status_code == 400

@@ -7,6 +7,7 @@ import threading
 import time
 
 import anthropic
+import httpx2 as httpx
 import openai
 import pytest
 
@@ -213,12 +214,12 @@ def test_drop_after(fake, oai, claude):
     fake.push_fault(drop_after=2)
     stream = oai.chat.completions.create(model="m", messages=user("a b c d"), stream=True)
     got = []
-    with pytest.raises(Exception):
+    with pytest.raises(openai.APIConnectionError):
         for chunk in stream:
             got.append(chunk)
     assert len(got) == 2
     fake.push_fault(drop_after=3)
-    with pytest.raises(Exception):
+    with pytest.raises(httpx.RemoteProtocolError):  # the SDK does not wrap an error mid-stream
         with claude.messages.stream(model="c", max_tokens=50, messages=user("a b c d")) as s:
             s.get_final_message()
 

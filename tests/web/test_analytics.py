@@ -163,7 +163,8 @@ def test_P30_a_custom_range_of_whole_days_by_hour_and_by_day(client, login, team
     assert "$0.05" in html and "Usage per hour" in html
     html = body(client, f"?from={(today - timedelta(days=40)).isoformat()}&to={today.isoformat()}")
     assert "$0.05" in html and "Usage per day" in html
-    html = body(client, f"?from={(today - timedelta(days=40)).isoformat()}&to={(today - timedelta(days=10)).isoformat()}")
+    html = body(client, f"?from={(today - timedelta(days=40)).isoformat()}"
+                        f"&to={(today - timedelta(days=10)).isoformat()}")
     assert "No usage in this range" in html and "Try a longer range" in html
 
 

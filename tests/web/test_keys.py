@@ -230,7 +230,7 @@ def test_list_shows_each_key_by_display_form_and_the_dashboard_counts_them(app, 
     assert "You have no active API keys yet." in text(client.get("/dashboard"))
     raws = [create_key(forms, "first"), create_key(forms, "second")]
     listing = text(client.get("/keys/"))
-    for raw, row in zip(raws, key_rows(app)):
+    for raw, row in zip(raws, key_rows(app), strict=True):
         assert raw not in listing and row.display in listing
     assert listing.count("never") >= 4  # last used and expires, per key
     assert listing.count('class="badge ok">active<') == 2

@@ -206,7 +206,8 @@ def test_a_totp_code_in_non_ascii_digits_is_a_wrong_code(make_app):
     assert forms.post("/login", {"email": "ada@example.com", "password": PASSWORD}).status_code == 302
     code = pyotp.TOTP(secret).now()
     for odd in (code.translate(str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")),
-                code.translate(str.maketrans("0123456789", "０１２３４５６７８９")), "²²²²²²", code[:3] + "²" + code[3:]):
+                code.translate(str.maketrans("0123456789", "０１２３４５６７８９")),
+                "²²²²²²", code[:3] + "²" + code[3:]):
         resp = forms.post("/login/2fa", {"code": odd}, page="/login/2fa")
         assert resp.status_code == 200, odd
         assert "That code is not right." in text(resp)

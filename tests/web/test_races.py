@@ -351,7 +351,7 @@ def test_two_owners_stepping_down_at_once_on_two_server_processes_leave_one_owne
         rows = dict(db.session.execute(sa.select(TeamMember.user_id, TeamMember.id)).all())
         ids = {db.session.scalar(sa.select(User.email).where(User.id == uid)): mid for uid, mid in rows.items()}
     calls = []
-    for email, server in zip(("owner-a@example.com", "owner-b@example.com"), servers):
+    for email, server in zip(("owner-a@example.com", "owner-b@example.com"), servers, strict=True):
         person = Browser(server.url)
         person.login(email, users.password)
         token = person.token("/teams/race/")

@@ -54,14 +54,14 @@ def add_usage(app, user_id: int, n: int = 1, *, start: datetime | None = None, s
     rows = []
     for i in range(n):
         began = start - i * step
-        row = {"request_id": f"{prefix}{i:04d}", "user_id": user_id, "team_id": None, "api_key_id": None, "project": None,
-                   "tags": None, "started_at": began, "ended_at": began + timedelta(milliseconds=800), "model": "gpt-4o-mini",
-                   "provider": "openai", "input_tokens": 100, "output_tokens": 20, "cache_read_tokens": 0,
-                   "cache_write_tokens": 0, "cost_usd": Decimal("0.000027"), "ttft_ms": 120, "latency_ms": 800,
-                   "status_code": 200, "error_class": None,
-                   "routing_trace": json.dumps([{"provider": "openai", "model": "gpt-4o-mini", "outcome": "ok",
-                                              "ms": 790}]),
-                   "usage_source": "provider"}
+        row = {"request_id": f"{prefix}{i:04d}", "user_id": user_id, "team_id": None, "api_key_id": None,
+               "project": None, "tags": None, "started_at": began, "ended_at": began + timedelta(milliseconds=800),
+               "model": "gpt-4o-mini", "provider": "openai", "input_tokens": 100, "output_tokens": 20,
+               "cache_read_tokens": 0, "cache_write_tokens": 0, "cost_usd": Decimal("0.000027"), "ttft_ms": 120,
+               "latency_ms": 800, "status_code": 200, "error_class": None,
+               "routing_trace": json.dumps([{"provider": "openai", "model": "gpt-4o-mini", "outcome": "ok",
+                                             "ms": 790}]),
+               "usage_source": "provider"}
         row.update(fields)
         rows.append(row)
     with app.app_context(), db.engine.begin() as conn:
