@@ -10,6 +10,11 @@ deterministically so that tests can assert on content and usage:
 * a token is a whitespace-separated word: prompt tokens are the words of every
   message (and the Anthropic ``system``), at least 1; completion tokens are the
   words of the reply (of the arguments, for a tool call);
+* ``POST /v1/responses`` (OpenAI's Responses API) answers the same way, as a
+  ``response`` object or its ``response.*`` event stream; its prompt tokens are
+  the words of ``instructions`` and of every input item (a function call's
+  output included), and ``input_tokens`` includes the cached ones, as OpenAI
+  reports them. Requests are recorded as sent (``store`` included);
 * with ``tools`` in the request and the word "weather" in the last user turn,
   the model calls the first tool with the arguments ``{"city": "Paris"}``. Once
   the conversation ends with a tool result it answers in text, so an agent
@@ -224,6 +229,41 @@ def _anthropic_turn(body: dict, last_text: str, fault: dict) -> _Turn:
     return _finish(text, tool, prompt_words, body.get("max_tokens"), body.get("stop_sequences"))
 
 
+def _responses_items(body: dict) -> list:
+    """The Responses ``input`` as a list of items (a string is one user message)."""
+    items = body.get("input")
+    if isinstance(items, str):
+        return [{"role": "user", "content": items}]
+    return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+
+
+def _item_text(item: dict) -> str:
+    """The text of a Responses input item: a message's content, or a function call output's output."""
+    if item.get("type") == "function_call_output":
+        return _content_text(item.get("output"))
+    if item.get("type") in (None, "message"):
+        return _content_text(item.get("content"))
+    return ""
+
+
+def _responses_turn(body: dict, fault: dict) -> _Turn:
+    items = _responses_items(body)
+    prompt_words = _words(body.get("instructions") if isinstance(body.get("instructions"), str) else "") + sum(
+        _words(_item_text(i)) for i in items)
+    last_text = next((_content_text(i.get("content")) for i in reversed(items)
+                      if i.get("role") == "user" and i.get("type") in (None, "message")), "")
+    names = [t["name"] for t in body.get("tools") or ()
+             if isinstance(t, dict) and t.get("type") == "function" and "name" in t]
+    choice = body.get("tool_choice")
+    mode, forced = (choice, None) if isinstance(choice, str) else ("auto", None)
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        forced = choice.get("name")
+    after_result = bool(items) and items[-1].get("type") == "function_call_output"
+    tool = _pick_tool(names, mode, forced, last_text, after_result)
+    text = fault.get("reply", f"echo: {last_text}")
+    return _finish(text, tool, prompt_words, body.get("max_output_tokens"), None)
+
+
 def _last_user_text(messages: Any) -> str:
     for m in reversed(messages if isinstance(messages, list) else ()):
         if isinstance(m, dict) and m.get("role") == "user":
@@ -369,6 +409,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._messages(body)
             if self.command == "POST" and path == "/v1/embeddings":
                 return self._embeddings(body)
+            if self.command == "POST" and path == "/v1/responses":
+                return self._responses(body)
             if self.command == "POST" and path == "/v1/messages/count_tokens":
                 return self._count_tokens(body)
             if self.command == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
@@ -562,6 +604,90 @@ class _Handler(BaseHTTPRequestHandler):
         err = {"type": "error", "error": {"type": self.fault.get("error_type") or "overloaded_error",
                                           "message": message or "Overloaded"}}
         return events[:after] + [b"event: error\ndata: " + _json(err) + b"\n\n"]
+
+    def _responses(self, body: Any) -> None:
+        """``POST /v1/responses``: a response object, or its stream of ``response.*`` events."""
+        if not isinstance(body, dict):
+            return self._error(400, "We could not parse the JSON body of your request.")
+        if not body.get("model"):
+            return self._error(400, "Missing required parameter: 'model'.", code="missing_required_parameter",
+                               param="model")
+        if not isinstance(body.get("input"), (str, list)):
+            return self._error(400, "Missing required parameter: 'input'.", code="missing_required_parameter",
+                               param="input")
+        fault = self.fault
+        turn = _responses_turn(body, fault)
+        counts = _usage_counts(turn.prompt_tokens, turn.completion_tokens, fault.get("wrong_usage"))
+        usage = None
+        if counts is not None:
+            read, created = self._cached()
+            read = min(read, counts[0])
+            created = min(created, counts[0] - read)
+            # input_tokens includes the cached part (read from or written to the cache), as OpenAI reports it.
+            usage = {"input_tokens": counts[0],
+                     "input_tokens_details": {"cached_tokens": read, "cache_write_tokens": created},
+                     "output_tokens": counts[1], "output_tokens_details": {"reasoning_tokens": 0},
+                     "total_tokens": sum(counts)}
+        incomplete = turn.reason == "length"
+        status = "incomplete" if incomplete else "completed"
+        rid, created_at = _new_id("resp_"), int(time.time())
+        if turn.tool:
+            item: dict[str, Any] = {"id": _new_id("fc_"), "type": "function_call", "status": "completed",
+                                    "arguments": TOOL_ARGUMENTS, "call_id": _new_id("call_"), "name": turn.tool}
+        else:
+            item = {"id": _new_id("msg_"), "type": "message", "status": status, "role": "assistant",
+                    "content": [{"type": "output_text", "text": turn.text, "annotations": [], "logprobs": []}]}
+
+        def response(state: str, output: list, with_usage: dict | None) -> dict:
+            return {"id": rid, "object": "response", "created_at": created_at, "status": state,
+                    "background": False, "error": None,
+                    "incomplete_details": {"reason": "max_output_tokens"} if incomplete and state != "in_progress"
+                    else None,
+                    "instructions": body.get("instructions"), "max_output_tokens": body.get("max_output_tokens"),
+                    "metadata": body.get("metadata") or {}, "model": body["model"], "output": output,
+                    "parallel_tool_calls": body.get("parallel_tool_calls", True), "previous_response_id": None,
+                    "reasoning": {"effort": None, "summary": None}, "service_tier": "default",
+                    "store": body.get("store", True), "temperature": body.get("temperature", 1.0),
+                    "text": body.get("text") or {"format": {"type": "text"}},
+                    "tool_choice": body.get("tool_choice", "auto"), "tools": body.get("tools") or [],
+                    "top_p": body.get("top_p", 1.0), "truncation": body.get("truncation", "disabled"),
+                    "usage": with_usage, "user": None}
+
+        if not body.get("stream"):
+            return self._send(200, response(status, [item], usage))
+
+        pieces = _split(TOOL_ARGUMENTS if turn.tool else turn.text, fault.get("chunks"))
+        events: list[tuple[str, dict]] = [("response.created", {"response": response("in_progress", [], None)}),
+                                          ("response.in_progress", {"response": response("in_progress", [], None)})]
+        at = {"item_id": item["id"], "output_index": 0}
+        if turn.tool:
+            events.append(("response.output_item.added",
+                           {"output_index": 0, "item": {**item, "status": "in_progress", "arguments": ""}}))
+            events += [("response.function_call_arguments.delta", {**at, "delta": p}) for p in pieces]
+            events.append(("response.function_call_arguments.done", {**at, "arguments": TOOL_ARGUMENTS}))
+        else:
+            empty = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            events.append(("response.output_item.added",
+                           {"output_index": 0, "item": {**item, "status": "in_progress", "content": []}}))
+            events.append(("response.content_part.added", {**at, "content_index": 0, "part": empty}))
+            events += [("response.output_text.delta", {**at, "content_index": 0, "delta": p, "logprobs": []})
+                       for p in pieces]
+            events.append(("response.output_text.done",
+                           {**at, "content_index": 0, "text": turn.text, "logprobs": []}))
+            events.append(("response.content_part.done", {**at, "content_index": 0, "part": item["content"][0]}))
+        events.append(("response.output_item.done", {"output_index": 0, "item": item}))
+        events.append(("response.incomplete" if incomplete else "response.completed",
+                       {"response": response(status, [item], usage)}))
+        after = fault.get("error_after")
+        if after is not None:
+            # What OpenAI sends at runtime: the error nested under "error" (its reference documents it flat).
+            events = events[:after] + [("error", {"error": {
+                "type": fault.get("error_type") or "server_error", "code": "server_error",
+                "message": fault.get("message") or "The server had an error while processing your request.",
+                "param": None}})]
+        self._stream([b"event: " + kind.encode() + b"\ndata: "
+                      + _json({"type": kind, "sequence_number": n, **fields}) + b"\n\n"
+                      for n, (kind, fields) in enumerate(events)])
 
     def _messages(self, body: Any) -> None:
         if not isinstance(body, dict):
