@@ -96,7 +96,7 @@ def _num(value, where: str) -> Decimal:
     try:
         d = Decimal(str(value))
     except Exception:
-        raise ProvidersFileError(f"{where} must be a number")
+        raise ProvidersFileError(f"{where} must be a number") from None
     if d < 0:
         raise ProvidersFileError(f"{where} must not be negative")
     return d
@@ -113,7 +113,7 @@ def load(path: str | None, environ=os.environ) -> Registry:
     try:
         data = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as exc:
-        raise ProvidersFileError(f"{path} is not valid TOML: {exc}")
+        raise ProvidersFileError(f"{path} is not valid TOML: {exc}") from None
     reg = Registry()
     for name, spec in (data.get("providers") or {}).items():
         kind = spec.get("kind")

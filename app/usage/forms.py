@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from werkzeug.datastructures import MultiDict
 
 from app.numbers import MAX_ID, parse_int
-from app.relay.routes import PROJECT_RE, TAG_RE
+from app.relay.pipeline import PROJECT_RE, TAG_RE
 from app.services.usage import MAX_ROW_ID, Cursor, UsageFilters
 
 STATUSES = {"ok": "Succeeded (2xx)", "error": "Failed"}

@@ -6,19 +6,23 @@ import traceback
 
 import pytest
 
-from app.relay import translate as tr
-from app.relay.translate import (
+from app.relay import wire as tr
+from app.relay.translate.chat_via_messages import (
     AnthropicStreamToOpenAI,
+    anthropic_to_openai_response,
+    openai_to_anthropic_request,
+)
+from app.relay.translate.messages_via_chat import (
     OpenAIStreamToAnthropic,
+    anthropic_to_openai_request,
+    openai_to_anthropic_response,
+)
+from app.relay.wire import (
     TranslationError,
     Usage,
     anthropic_error,
-    anthropic_to_openai_request,
-    anthropic_to_openai_response,
     error_type_for_status,
     openai_error,
-    openai_to_anthropic_request,
-    openai_to_anthropic_response,
     sse_anthropic,
     sse_openai,
     usage_from_anthropic,
