@@ -1,6 +1,10 @@
 """The cheapest possible stream relays, to measure what the server itself costs
-(bench/stream_floor.py): no key, no limits, no parsing, no metering. Each
-forwards the request to the fake provider and passes every chunk back."""
+(bench/stream_floor.py --floor): no key, no limits, no parsing, no metering. Each
+forwards the request to the fake provider (FLOOR_UPSTREAM_PORT; it answers
+chunked, as bench/lightfake.py and tests/fakes/provider.py do) and passes every
+chunk back: `wsgi_app` over stdlib http.client, `asgi_app` over raw asyncio
+streams (a connection per request), `asgi_aiohttp_app` over an aiohttp session
+(only when aiohttp is installed)."""
 from __future__ import annotations
 
 import asyncio
@@ -54,4 +58,43 @@ async def asgi_app(scope, receive, send):
             await send({"type": "http.response.body", "body": data[:-2], "more_body": True})
     finally:
         writer.close()
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+_session = None  # one aiohttp session per worker, made on the first request
+
+
+async def asgi_aiohttp_app(scope, receive, send):
+    """The ASGI floor of PERF-NOTES' "Async streaming floor": an aiohttp client session with an
+    unlimited connector. Needs aiohttp (not a dependency of the project; stream_floor.py checks)."""
+    global _session
+    import aiohttp
+
+    if scope["type"] == "lifespan":
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                if _session is not None:
+                    await _session.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] != "http":
+        return
+    if _session is None:
+        _session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    body = b""
+    while True:
+        msg = await receive()
+        body += msg.get("body", b"")
+        if not msg.get("more_body"):
+            break
+    async with _session.post(f"http://127.0.0.1:{UPSTREAM}/v1/chat/completions", data=body,
+                             headers={"Authorization": "Bearer sk-fake-upstream",
+                                      "Content-Type": "application/json"}) as resp:
+        await send({"type": "http.response.start", "status": resp.status,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        async for data in resp.content.iter_any():
+            await send({"type": "http.response.body", "body": data, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -7,11 +7,14 @@ it is the relay, not the fake:
 
 * ``POST /v1/chat/completions``, non-streaming: a small fixed completion with usage
   (Content-Length body);
-* the same with ``"stream": true``: a role event, ``--chunks`` content events, a
-  finish event, a usage event when ``stream_options.include_usage``, then
-  ``data: [DONE]``, ``--delay-ms`` apart (the wire format of the full fake: chunked
-  transfer encoding, one chunk per event, the first event with the headers; or,
-  with ``--framing close``, no length at all and the connection closed at the end);
+* the same with ``"stream": true``: a role event, ``--chunks`` content events and
+  a finish event, ``--delay-ms`` apart, the finish event followed at once (as
+  OpenAI sends them) by a usage event when ``stream_options.include_usage`` and by
+  ``data: [DONE]``. The wire format is the full fake's: chunked transfer encoding,
+  one chunk per event, the first event with the headers; or, with ``--framing
+  close``, no length at all and the connection closed at the end. (Pacing the
+  usage event too would open a 2 x delay gap wherever a relay asks for usage and
+  drops the event because its client did not.)
 * ``GET /v1/models`` (and ``/v1/models/<id>``);
 * anything else 404, a wrong key 401, a body that is not JSON 400, all with the
   provider's error body.
@@ -268,11 +271,11 @@ class FakeProtocol(asyncio.Protocol):
         events += [start + b'{"content":"' + c + b'"},"logprobs":null,"finish_reason":null' + tail
                    for c in cfg.content]
         events.append(start + b'{},"logprobs":null,"finish_reason":"stop"' + tail)
-        if include_usage:
-            events.append(b'data: {"id":"%s","object":"chat.completion.chunk","created":%d,"model":%s,'
-                          b'"service_tier":"default","system_fingerprint":"%s","choices":[],"usage":%s}\n\n'
-                          % (cid, created, mdl, FINGERPRINT.encode(), _usage(prompt, cfg.completion_tokens)))
-        events.append(b"data: [DONE]\n\n")
+        if include_usage:  # with the finish event, as the last write
+            events[-1] += (b'data: {"id":"%s","object":"chat.completion.chunk","created":%d,"model":%s,'
+                           b'"service_tier":"default","system_fingerprint":"%s","choices":[],"usage":%s}\n\n'
+                           % (cid, created, mdl, FINGERPRINT.encode(), _usage(prompt, cfg.completion_tokens)))
+        events[-1] += b"data: [DONE]\n\n"
         self._stream(events, keep)
 
     # -- writing
@@ -307,6 +310,7 @@ class FakeProtocol(asyncio.Protocol):
             self._next_request()
 
     def _stream(self, events: list[bytes], keep: bool) -> None:
+        """Write each of `events` (an element may hold several SSE events: they leave together) `delay` apart."""
         cfg = self.cfg
         chunked = cfg.framing == "chunked"
         if not chunked:
@@ -315,7 +319,7 @@ class FakeProtocol(asyncio.Protocol):
                           b"Cache-Control: no-cache\r\n" + (b"Transfer-Encoding: chunked\r\n\r\n" if chunked
                                                             else b"Connection: close\r\n\r\n"), True)
         if chunked:
-            events = [b"%x\r\n%s\r\n" % (len(e), e) for e in events]
+            events = [_chunks(e) for e in events]
             events.append(b"0\r\n\r\n")  # sent with the last event
             events[-2:] = [events[-2] + events[-1]]
         events[0] = head + events[0]
@@ -345,6 +349,13 @@ class FakeProtocol(asyncio.Protocol):
             st.handle = self.loop.call_later(cfg.first_byte, step)
         else:
             step()
+
+
+def _chunks(events: bytes) -> bytes:
+    """One HTTP chunk per SSE event."""
+    if events.count(b"\n\n") <= 1:
+        return b"%x\r\n%s\r\n" % (len(events), events)
+    return b"".join(b"%x\r\n%s\n\n\r\n" % (len(e) + 2, e) for e in events.split(b"\n\n") if e)
 
 
 def _error_body(status: int, message: str, code: str | None = None) -> bytes:
