@@ -59,7 +59,7 @@ def whole(call: Call, answer: Answer, settle: Settle) -> Response:
     try:
         reported, chars_out = answer.shape.usage(obj), answer.shape.chars(obj)
         if answer.direction is not None:
-            data = orjson.dumps(answer.direction.response(obj, call.model))
+            data = orjson.dumps(answer.direction.response(obj, call.model, call.body))
     except TranslationError:
         raise Refusal(502, "The provider's answer could not be translated to this API.",
                       error_class="upstream_untranslatable") from None
@@ -112,8 +112,7 @@ def _events(call: Call, answer: Answer, settle: Settle):
     except upstream.UpstreamError as exc:
         call.error_class = exc.error_class
         done()
-        yield call.shape.family.stream_error("The provider's stream broke off; the answer is incomplete.",
-                                             call.request_id)
+        yield call.shape.stream_error("The provider's stream broke off; the answer is incomplete.", call.request_id)
     except GeneratorExit:
         # The client went away: drop the upstream call now, not when it finishes.
         # (After an upstream failure it was told, it may leave first: keep that cause.)

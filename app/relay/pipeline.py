@@ -36,11 +36,12 @@ TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:=-]{0,31}")
 MAX_TAGS = 10
 
 
-def begin(req: Request, shape: Shape, metered: bool = True) -> Call:
+def begin(req: Request, shape: Shape, metered: bool | None = None) -> Call:
     ext = req.environ["relay.extensions"]
     return Call(request_id=req.environ["relay.request_id"], shape=shape, req=req,
                 started=datetime.now(timezone.utc), t0=time.perf_counter(),
-                limits=ext["relay_limits"], meter=ext["meter"], metered=metered)
+                limits=ext["relay_limits"], meter=ext["meter"],
+                metered=shape.metered if metered is None else metered)
 
 
 # ---- the stages ------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from app.relay.call import Refusal
 from app.relay.limits import Limits
 from app.relay.meter import init_app as init_meter
 from app.relay.providers import ProvidersFileError, Registry, load
-from app.relay.shapes import CHAT, EMBEDDINGS, FAMILIES, MESSAGES
+from app.relay.shapes import CHAT, COUNT_TOKENS, EMBEDDINGS, FAMILIES, MESSAGES, RESPONSES
 from app.services.keys import key_hasher
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,16 @@ def messages(req: Request):
     return pipeline.run(req, MESSAGES)
 
 
-_ENDPOINT_API = {"/v1/chat/completions": "openai", "/v1/embeddings": "openai", "/v1/messages": "anthropic"}
+def count_tokens(req: Request):
+    return pipeline.run(req, COUNT_TOKENS)
+
+
+def responses(req: Request):
+    return pipeline.run(req, RESPONSES)
+
+
+_ENDPOINT_API = {"/v1/chat/completions": "openai", "/v1/embeddings": "openai", "/v1/responses": "openai",
+                 "/v1/messages": "anthropic"}
 # The shape a shared endpoint's errors and model objects take, by API family.
 _LOOKUP_SHAPE = {"openai": CHAT, "anthropic": MESSAGES}
 
@@ -90,6 +99,8 @@ URLS = Map([
     Rule("/v1/chat/completions", endpoint=chat_completions, methods=["POST"]),
     Rule("/v1/embeddings", endpoint=embeddings, methods=["POST"]),
     Rule("/v1/messages", endpoint=messages, methods=["POST"]),
+    Rule("/v1/messages/count_tokens", endpoint=count_tokens, methods=["POST"]),
+    Rule("/v1/responses", endpoint=responses, methods=["POST"]),
     Rule("/v1/models", endpoint=list_models, methods=["GET"]),
     Rule("/v1/models/<path:name>", endpoint=get_model, methods=["GET"]),
 ], strict_slashes=False)

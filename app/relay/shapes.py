@@ -21,10 +21,11 @@ from typing import Any
 
 import orjson
 
-from app.relay import meters
+from app.relay import meters, responses
 from app.relay.providers import Provider
 from app.relay.wire import (
     SSE_OPENAI_DONE,
+    TranslationError,
     Usage,
     anthropic_error,
     error_type_for_status,
@@ -134,6 +135,12 @@ class Shape:
     def passthrough(self, raw: bytes, obj: Any, body: dict) -> bytes | None:
         """A provider event of this shape as it goes to a client of the same shape (None: hold it back)."""
         return raw
+
+    metered = True            # a call of this shape gets a usage row
+
+    def stream_error(self, message: str, request_id: str) -> bytes:
+        """An error event for a stream of this shape that has already begun."""
+        return self.family.stream_error(message, request_id)
 
     def end(self) -> list[bytes]:
         """What closes a stream of this shape for a client after the translated events (if anything)."""
@@ -288,5 +295,70 @@ class Messages(Shape):
         return meters.MessagesStreamMeter()
 
 
+class CountTokens(Shape):
+    """Anthropic's token counter: POST {base}/v1/messages/count_tokens, passed through to
+    Anthropic-shaped providers. It is free and answers no model output, so it
+    counts against the request limits but gets no usage row."""
+    name, family, path = "count_tokens", ANTHROPIC, "/v1/messages/count_tokens"
+    streams = False
+    metered = False
+    unsupported = "The model '{model}' cannot count tokens: its providers do not speak the Messages API."
+
+    def check(self, body):
+        if not isinstance(body.get("messages"), list):
+            return "messages: a list is required."
+        return None
+
+    def upstream(self, provider):
+        return COUNT_TOKENS if provider.shape == "anthropic" else None
+
+    def headers(self, provider, client_headers, same, stream):
+        return MESSAGES.headers(provider, client_headers, same, False)
+
+    def usage(self, obj):
+        return Usage()
+
+    def chars(self, obj):
+        return 0
+
+
+class Responses(Shape):
+    """OpenAI's Responses API: POST {base}/responses on OpenAI-shaped providers, translated
+    to Messages for Anthropic-shaped ones. Nothing stateful: the relay keeps no
+    responses, so a request that needs one is refused (app/relay/responses.py)."""
+    name, family, path = "responses", OPENAI, "/responses"
+
+    def check(self, body):
+        try:
+            responses.check_request(body)
+        except TranslationError as exc:
+            return str(exc)
+        return None
+
+    def upstream(self, provider):
+        return MESSAGES if provider.shape == "anthropic" else RESPONSES
+
+    def stream_error(self, message, request_id):
+        return responses.sse_responses("error", responses._error_event(0, "api_error", message))
+
+    def headers(self, provider, client_headers, same, stream):
+        return _openai_headers(provider, stream)
+
+    def prepare(self, body, stream):
+        if body.get("store") is None:
+            body["store"] = False  # OpenAI would keep the conversation otherwise
+        return body
+
+    def usage(self, obj):
+        return responses.usage_from_responses(obj.get("usage"))
+
+    def chars(self, obj):
+        return responses.responses_text_chars(obj)
+
+    def meter(self):
+        return responses.ResponsesStreamMeter()
+
+
 CHAT, EMBEDDINGS, MESSAGES = Chat(), Embeddings(), Messages()
+COUNT_TOKENS, RESPONSES = CountTokens(), Responses()
 

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from app.relay import responses
 from app.relay.translate import chat_via_messages, messages_via_chat
-from app.relay.wire import SSE_OPENAI_DONE, sse_anthropic, sse_openai
+from app.relay.wire import SSE_OPENAI_DONE, Usage, sse_anthropic, sse_openai
 
 
 class _ChatViaMessagesStream:
@@ -45,18 +46,35 @@ class _MessagesViaChatStream:
         return [sse_anthropic(e, d) for e, d in self.t.finish()]
 
 
+class _ResponsesViaMessagesStream:
+    def __init__(self, public_model: str, body: dict, meter) -> None:
+        self.t = responses.AnthropicStreamToResponses(public_model, lambda: meter.usage or Usage(), request=body)
+
+    def feed(self, name: str, obj: Any) -> list[bytes]:
+        return [responses.sse_responses(e, d) for e, d in self.t.feed(name, obj)]
+
+    def finish(self) -> list[bytes]:
+        return [responses.sse_responses(e, d) for e, d in self.t.finish()]
+
+
 @dataclass(frozen=True)
 class Direction:
     request: Callable[[dict, str], dict]          # (client body, provider's model name) -> provider body
-    response: Callable[[dict, str], dict]         # (provider answer, public model name) -> client answer
+    response: Callable[[dict, str, dict], dict]   # (provider answer, public model name, client body) -> answer
     stream: Callable[[str, dict, Any], Any]       # (public model, client body, meter) -> .feed(name, obj), .finish()
 
 
 _DIRECTIONS = {
     ("chat", "messages"): Direction(chat_via_messages.openai_to_anthropic_request,
-                                    chat_via_messages.anthropic_to_openai_response, _ChatViaMessagesStream),
+                                    lambda obj, model, body: chat_via_messages.anthropic_to_openai_response(obj, model),
+                                    _ChatViaMessagesStream),
     ("messages", "chat"): Direction(messages_via_chat.anthropic_to_openai_request,
-                                    messages_via_chat.openai_to_anthropic_response, _MessagesViaChatStream),
+                                    lambda obj, model, body: messages_via_chat.openai_to_anthropic_response(obj, model),
+                                    _MessagesViaChatStream),
+    ("responses", "messages"): Direction(responses.responses_to_anthropic_request,
+                                         lambda obj, model, body: responses.anthropic_to_responses_response(
+                                             obj, model, request=body),
+                                         _ResponsesViaMessagesStream),
 }
 
 
