@@ -348,10 +348,31 @@ _body = st.fixed_dictionaries({"model": st.just("m")}, optional={
     "user": _json, "truncation": _json, "service_tier": _json, "top_logprobs": _json,
     CANARY: _json, "odd": _json})
 
+# Bodies that get further: mostly well-formed items and tools, with the odd bad value.
+_text = st.one_of(st.just(CANARY), st.just(f"say {CANARY}"), st.text(max_size=5), _json)
+_good_part = st.fixed_dictionaries({"type": st.sampled_from(["input_text", "output_text", "refusal", "input_image"]),
+                                    "text": _text}, optional={"refusal": _text})
+_good_item = st.one_of(
+    st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "developer"]),
+                           "content": st.one_of(_text, st.lists(_good_part, max_size=3))},
+                          optional={"type": st.just("message"), "id": _text}),
+    st.fixed_dictionaries({"type": st.just("function_call"), "call_id": st.sampled_from(["call_1", "c.2", ""]),
+                           "name": st.sampled_from(["get_weather", ""]),
+                           "arguments": st.one_of(st.just('{"city": "' + CANARY + '"}'), st.just("{"), _text)}),
+    st.fixed_dictionaries({"type": st.just("function_call_output"), "call_id": st.sampled_from(["call_1", "c.2"]),
+                           "output": st.one_of(_text, st.lists(_good_part, max_size=2))}),
+    _item)
+_good_body = st.fixed_dictionaries({"model": st.just("m"), "input": st.one_of(_text, st.lists(_good_item, max_size=6))},
+                                   optional={"instructions": _text, "tools": st.lists(_tool, max_size=3),
+                                             "tool_choice": st.one_of(_word, st.fixed_dictionaries(
+                                                 {"type": _word, "name": st.sampled_from(["get_weather", CANARY])})),
+                                             "max_output_tokens": st.one_of(st.integers(-1, 100), _json),
+                                             "temperature": _json, "stream": st.booleans()})
+
 
 @pytest.mark.promise("P23")
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(body=_body)
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=st.one_of(_body, _good_body))
 def test_any_body_raises_only_translation_errors_that_never_quote_it(body):
     for step in (rs.check_request, lambda b: rs.responses_to_anthropic_request(b, "claude-upstream")):
         try:
