@@ -43,13 +43,17 @@ def refused_by_provider(call: Call, answer: Answer) -> Refusal:
 
 
 def whole(call: Call, answer: Answer, settle: Settle) -> Response:
-    """A non-streamed answer: read, count, translate if the shapes differ."""
-    resp = answer.resp
+    """A non-streamed answer (blocking transport): read it, then `finish_whole`."""
     try:
-        data = resp.read()
+        data = answer.resp.read()
     except upstream.UpstreamError as exc:
         raise Refusal(502, "The provider's answer was cut short.", error_class=exc.error_class) from None
-    resp.release()
+    answer.resp.release()
+    return Response(finish_whole(call, answer, data, settle), status=200, mimetype="application/json")
+
+
+def finish_whole(call: Call, answer: Answer, data: bytes, settle: Settle) -> bytes:
+    """Count a whole answer, translate it if the shapes differ, settle: the bytes for the client."""
     call.first_token()
     try:
         obj = orjson.loads(data)
@@ -64,62 +68,87 @@ def whole(call: Call, answer: Answer, settle: Settle) -> Response:
         raise Refusal(502, "The provider's answer could not be translated to this API.",
                       error_class="upstream_untranslatable") from None
     settle(call, reported, chars_out)  # spooled before the first byte goes out: a killed worker loses no row
-    return Response(data, status=200, mimetype="application/json")
+    return data
+
+
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def stream(call: Call, answer: Answer, settle: Settle) -> Response:
-    return Response(_events(call, answer, settle), status=200, mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return Response(_events(Pump(call, answer, settle), answer.resp), status=200,
+                    mimetype="text/event-stream", headers=STREAM_HEADERS)
 
 
-def _events(call: Call, answer: Answer, settle: Settle):
-    """Pass each event through as it arrives (translated when the shapes differ),
-    fed first to the provider shape's meter. The call is settled when the
-    provider ends its stream (just before the client's last event), when the
-    stream breaks, or when the client goes away (then the upstream call is
-    dropped at once)."""
-    resp, shape, body = answer.resp, answer.shape, call.body
-    meter = shape.meter()
-    translator = answer.direction.stream(call.model, body, meter) if answer.direction else None
+class Pump:
+    """One stream's passage, whatever the transport: each provider event is fed
+    first to the provider shape's meter, then passed through (same shape) or
+    translated, and the call is settled when the provider ends its stream
+    (just before the client's last event), when the stream breaks, or when the
+    client goes away."""
 
-    def done() -> None:
-        settle(call, meter.usage, meter.chars_out)
+    def __init__(self, call: Call, answer: Answer, settle: Settle) -> None:
+        self.call, self.shape, self.settle = call, answer.shape, settle
+        self.meter = answer.shape.meter()
+        self.translator = answer.direction.stream(call.model, call.body, self.meter) if answer.direction else None
 
+    def done(self) -> None:
+        self.settle(self.call, self.meter.usage, self.meter.chars_out)
+
+    def event(self, raw: bytes) -> list[bytes] | tuple:
+        """One raw provider event -> the bytes for the client (possibly none)."""
+        parsed = self.shape.event(raw)
+        if parsed is None:
+            return ()
+        name, obj = parsed
+        call, meter = self.call, self.meter
+        if meter.feed(name, obj):
+            call.first_token()
+        if meter.error and call.error_class is None:
+            call.error_class = "upstream_stream_error"
+        if self.translator is None:
+            piece = call.shape.passthrough(raw, obj, call.body)
+            out = () if piece is None else (piece,)
+        else:
+            out = self.translator.feed(name, obj)
+        if meter.clean_end:
+            self.done()
+        return out
+
+    def end(self) -> list[bytes]:
+        """The provider closed its stream: settle, then what closes it for the client."""
+        if not self.meter.clean_end and self.call.error_class is None:
+            self.call.error_class = "upstream_incomplete"
+        tail = self.translator.finish() if self.translator is not None else []
+        self.done()
+        return tail
+
+    def broke(self, error_class: str) -> bytes:
+        """The provider's stream failed: settle, and the error event to tell the client."""
+        self.call.error_class = error_class
+        self.done()
+        return self.call.shape.stream_error("The provider's stream broke off; the answer is incomplete.",
+                                            self.call.request_id)
+
+    def gone(self) -> None:
+        """The client went away. (After an upstream failure it was told, it may leave first: keep that cause.)"""
+        if self.call.error_class is None:
+            self.call.error_class = "client_disconnected"
+            self.call.status = 499
+
+
+def _events(pump: Pump, resp):
+    """The blocking transport's stream: the upstream connection is dropped at
+    once when the client goes away, not when the provider finishes."""
     try:
         for raw in resp.events():
-            parsed = shape.event(raw)
-            if parsed is None:
-                continue
-            name, obj = parsed
-            if meter.feed(name, obj):
-                call.first_token()
-            if meter.error and call.error_class is None:
-                call.error_class = "upstream_stream_error"
-            if translator is None:
-                piece = call.shape.passthrough(raw, obj, body)
-                out = () if piece is None else (piece,)
-            else:
-                out = translator.feed(name, obj)
-            if meter.clean_end:
-                done()
-            yield from out
-        if not meter.clean_end and call.error_class is None:
-            call.error_class = "upstream_incomplete"
-        tail = translator.finish() if translator is not None else []
+            yield from pump.event(raw)
         resp.release()
-        done()
-        yield from tail
+        yield from pump.end()
     except upstream.UpstreamError as exc:
-        call.error_class = exc.error_class
-        done()
-        yield call.shape.stream_error("The provider's stream broke off; the answer is incomplete.", call.request_id)
+        yield pump.broke(exc.error_class)
     except GeneratorExit:
-        # The client went away: drop the upstream call now, not when it finishes.
-        # (After an upstream failure it was told, it may leave first: keep that cause.)
         resp.close()
-        if call.error_class is None:
-            call.error_class = "client_disconnected"
-            call.status = 499
+        pump.gone()
         raise
     finally:
-        done()
+        pump.done()

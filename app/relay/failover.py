@@ -38,52 +38,89 @@ def build_request(call: Call, target: Target, shape: Shape) -> tuple[str, bytes,
     return shape.path, orjson.dumps(body), headers
 
 
+class Failover:
+    """The bookkeeping of one failover: which targets may be tried, what each
+    attempt came to, and the refusal when none answered. The transport (a
+    blocking loop below, an async one in app/relay/asgi.py) does the sending."""
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        self.classes: list[str] = []
+
+    def candidates(self):
+        """(target, shape, (path, body, headers)) for each target worth trying, in order."""
+        call = self.call
+        for target in call.resolved.targets:
+            prov = target.provider
+            shape = call.shape.upstream(prov)
+            if shape is None:
+                self._note(target, "skipped", "unsupported_endpoint", 0, counts=False)
+                continue
+            if prov.kind != "openai_compatible" and not prov.api_key:
+                self._note(target, "skipped", "missing_credential", 0)
+                continue
+            try:
+                request = build_request(call, target, shape)
+            except TranslationError as exc:
+                raise Refusal(400, str(exc)) from None
+            yield target, shape, request
+
+    def _note(self, target: Target, outcome: str, error_class: str | None, ms: int, counts: bool = True) -> None:
+        entry = {"provider": target.provider.name, "model": target.model, "outcome": outcome}
+        if error_class is not None:
+            entry["error_class"] = error_class
+            if counts:
+                self.classes.append(error_class)
+        self.call.trace.append({**entry, "ms": ms})
+
+    def failed(self, target: Target, error_class: str, t0: float) -> None:
+        """The attempt got no usable answer (connect error, timeout, 429, 5xx): try the next."""
+        self._note(target, "error", error_class, int((time.perf_counter() - t0) * 1000))
+
+    @staticmethod
+    def retry(status: int) -> bool:
+        """A status that sends the request on to the next target (its body is dropped unread)."""
+        return status == 429 or status >= 500
+
+    def answered(self, target: Target, shape: Shape, resp, t0: float) -> Answer:
+        ms = int((time.perf_counter() - t0) * 1000)
+        self._note(target, "ok" if resp.status < 400 else f"http_{resp.status}", None, ms)
+        self.call.provider = target.provider.name
+        return Answer(target, shape, direction(self.call.shape.name, shape.name), resp)
+
+    def refusal(self) -> Refusal:
+        """Why no target answered, summed up for the client."""
+        classes = self.classes
+        error_class = classes[-1] if classes else "no_target"
+        if classes and all(c == "http_429" for c in classes):
+            return Refusal(429, "Every provider for this model is rate limited. Retry shortly.",
+                           error_class=error_class, headers={"Retry-After": "1"})
+        if classes and all(c == "timeout" for c in classes):
+            return Refusal(504, "No provider for this model answered in time.", error_class=error_class)
+        if classes and all(c == "missing_credential" for c in classes):
+            return Refusal(503, "This model's providers are not configured with credentials.",
+                           error_class=error_class)
+        return Refusal(502, "No provider could serve this request (see the routing trace in your usage).",
+                       error_class=error_class)
+
+
 def failover(call: Call) -> Answer:
-    """The first target that answers, or a Refusal that sums up why none did."""
-    classes = []
-    for target in call.resolved.targets:
-        prov = target.provider
-        entry = {"provider": prov.name, "model": target.model}
-        shape = call.shape.upstream(prov)
-        if shape is None:
-            call.trace.append({**entry, "outcome": "skipped", "error_class": "unsupported_endpoint", "ms": 0})
-            continue
-        if prov.kind != "openai_compatible" and not prov.api_key:
-            call.trace.append({**entry, "outcome": "skipped", "error_class": "missing_credential", "ms": 0})
-            classes.append("missing_credential")
-            continue
+    """The first target that answers (blocking transport), or a Refusal that sums up why none did."""
+    f = Failover(call)
+    for target, shape, (path, payload, headers) in f.candidates():
+        t0 = time.perf_counter()
         try:
-            path, payload, headers = build_request(call, target, shape)
-        except TranslationError as exc:
-            raise Refusal(400, str(exc)) from None
-        t = time.perf_counter()
-        try:
-            resp = upstream.send(prov, path, payload, headers)
+            resp = upstream.send(target.provider, path, payload, headers)
         except upstream.UpstreamError as exc:
-            call.trace.append({**entry, "outcome": "error", "error_class": exc.error_class,
-                               "ms": int((time.perf_counter() - t) * 1000)})
-            classes.append(exc.error_class)
+            f.failed(target, exc.error_class, t0)
             continue
-        ms = int((time.perf_counter() - t) * 1000)
-        if resp.status == 429 or resp.status >= 500:
+        if f.retry(resp.status):
             try:
                 resp.read()  # drained and dropped: provider error bodies can quote the prompt
                 resp.release()
             except upstream.UpstreamError:
                 pass
-            call.trace.append({**entry, "outcome": "error", "error_class": f"http_{resp.status}", "ms": ms})
-            classes.append(f"http_{resp.status}")
+            f.failed(target, f"http_{resp.status}", t0)
             continue
-        call.trace.append({**entry, "outcome": "ok" if resp.status < 400 else f"http_{resp.status}", "ms": ms})
-        call.provider = prov.name
-        return Answer(target, shape, direction(call.shape.name, shape.name), resp)
-    error_class = classes[-1] if classes else "no_target"
-    if classes and all(c == "http_429" for c in classes):
-        raise Refusal(429, "Every provider for this model is rate limited. Retry shortly.",
-                      error_class=error_class, headers={"Retry-After": "1"})
-    if classes and all(c == "timeout" for c in classes):
-        raise Refusal(504, "No provider for this model answered in time.", error_class=error_class)
-    if classes and all(c == "missing_credential" for c in classes):
-        raise Refusal(503, "This model's providers are not configured with credentials.", error_class=error_class)
-    raise Refusal(502, "No provider could serve this request (see the routing trace in your usage).",
-                  error_class=error_class)
+        return f.answered(target, shape, resp, t0)
+    raise f.refusal()
