@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.relay.responses import usage_from_responses
 from app.relay.wire import Usage, _int, usage_from_anthropic, usage_from_openai
 
 
@@ -102,3 +103,42 @@ class MessagesStreamMeter:
         n = (len(text) if isinstance(text, str) else 0) + (len(partial) if isinstance(partial, str) else 0)
         self.chars_out += n
         return n
+
+
+class ResponsesStreamMeter:
+    """OpenAI Responses events (a Responses-shaped provider, passed through). The
+    provider's counts come in the closing ``response.completed`` /
+    ``response.incomplete`` / ``response.failed`` (None until then); answer
+    characters are the text, refusal and tool-call argument deltas; an ``error``
+    or ``response.failed`` event is an error."""
+
+    _DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta",
+                         "response.function_call_arguments.delta", "response.custom_tool_call_input.delta"})
+    _ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+        self.chars_out = 0
+        self.clean_end = False
+        self.error = False
+
+    def feed(self, name: str, obj: Any) -> int:
+        if not isinstance(obj, dict):
+            return 0
+        kind = name or obj.get("type")
+        if kind in self._DELTAS:
+            delta = obj.get("delta")
+            n = len(delta) if isinstance(delta, str) else 0
+            self.chars_out += n
+            return n
+        if kind in self._ENDS:
+            self.clean_end = True
+            if kind == "response.failed":
+                self.error = True
+            response = obj.get("response")
+            if isinstance(response, dict) and isinstance(response.get("usage"), dict):
+                self.usage = usage_from_responses(response["usage"])
+        elif kind == "error":
+            self.error = True
+        return 0
+

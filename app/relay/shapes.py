@@ -324,8 +324,9 @@ class CountTokens(Shape):
 
 class Responses(Shape):
     """OpenAI's Responses API: POST {base}/responses on OpenAI-shaped providers, translated
-    to Messages for Anthropic-shaped ones. Nothing stateful: the relay keeps no
-    responses, so a request that needs one is refused (app/relay/responses.py)."""
+    to Messages for Anthropic-shaped ones (app/relay/translate/responses_via_messages.py).
+    Nothing stateful: the relay keeps no responses, so a request that needs one is
+    refused (app/relay/responses.py)."""
     name, family, path = "responses", OPENAI, "/responses"
 
     def check(self, body):
@@ -339,7 +340,7 @@ class Responses(Shape):
         return MESSAGES if provider.shape == "anthropic" else RESPONSES
 
     def stream_error(self, message, request_id):
-        return responses.sse_responses("error", responses._error_event(0, "api_error", message))
+        return responses.sse_responses("error", responses.error_event(message))
 
     def headers(self, provider, client_headers, same, stream):
         return _openai_headers(provider, stream)
@@ -356,7 +357,7 @@ class Responses(Shape):
         return responses.responses_text_chars(obj)
 
     def meter(self):
-        return responses.ResponsesStreamMeter()
+        return meters.ResponsesStreamMeter()
 
 
 CHAT, EMBEDDINGS, MESSAGES = Chat(), Embeddings(), Messages()

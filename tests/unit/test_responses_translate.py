@@ -1,6 +1,7 @@
-"""The Responses API module (app/relay/responses.py): checks, the pass-through body, the
-translation to and from Anthropic Messages (streams event by event), usage with cached
-tokens, the stream meter; and the fake provider's /v1/responses, driven by the official
+"""The Responses API: the shape (app/relay/responses.py: checks, usage with cached tokens;
+shapes.RESPONSES: the pass-through body), the translation to and from Anthropic Messages
+(app/relay/translate/responses_via_messages.py, streams event by event), the stream meter
+(meters.ResponsesStreamMeter); and the fake provider's /v1/responses, driven by the official
 openai SDK. Every refusal names its field and never the content (P23)."""
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from hypothesis import strategies as st
 from openai.types.responses import Response
 
 from app.relay import responses as rs
+from app.relay.meters import ResponsesStreamMeter
+from app.relay.shapes import RESPONSES
+from app.relay.translate import responses_via_messages as rvm
 from app.relay.wire import DEFAULT_MAX_TOKENS, TranslationError, Usage, openai_error, usage_from_anthropic
 from tests.fakes.provider import DEFAULT_KEY, TOOL_ARGUMENTS, FakeProvider
 
@@ -27,7 +31,7 @@ WEATHER = {"type": "function", "name": "get_weather", "description": "The weathe
 def refused(body: dict, *, target: str = "claude-upstream") -> TranslationError:
     """The TranslationError the translation to Anthropic raises for `body`; it never quotes the canary."""
     with pytest.raises(TranslationError) as info:
-        rs.responses_to_anthropic_request(body, target)
+        rvm.responses_to_anthropic_request(body, target)
     exc = info.value
     assert CANARY not in str(exc) and CANARY not in (exc.param or "")
     return exc
@@ -132,28 +136,26 @@ def test_check_request_accepts_what_the_relay_serves():
 
 # ----------------------------------------------------------------------------- pass-through
 
-def test_prepare_passthrough_swaps_the_model_and_adds_store_false():
-    body = {"model": "gpt-test", "input": "hi", "stream": True, "tools": [WEATHER], "reasoning": {"effort": "low"},
-            "include": ["reasoning.encrypted_content"], "metadata": {"k": "v"}}
-    out = rs.prepare_passthrough(body, "gpt-upstream", True)
-    assert out == {**body, "model": "gpt-upstream", "store": False}
-    assert body["model"] == "gpt-test" and "store" not in body  # the client's body is not changed
-    assert rs.prepare_passthrough({"model": "a", "input": "x", "store": False}, "b", False) == \
+def test_prepare_adds_store_false_and_leaves_the_rest():
+    body = {"model": "gpt-upstream", "input": "hi", "stream": True, "tools": [WEATHER],
+            "reasoning": {"effort": "low"}, "include": ["reasoning.encrypted_content"], "metadata": {"k": "v"}}
+    assert RESPONSES.prepare(dict(body), True) == {**body, "store": False}
+    assert RESPONSES.prepare({"model": "b", "input": "x", "store": False}, False) == \
         {"model": "b", "input": "x", "store": False}
-    assert rs.prepare_passthrough({"model": "a", "input": "x", "store": None}, "b", False)["store"] is False
+    assert RESPONSES.prepare({"model": "b", "input": "x", "store": None}, False)["store"] is False
 
 
 # ----------------------------------------------------------------------------- request to Anthropic
 
 def test_string_input_and_instructions():
-    out = rs.responses_to_anthropic_request({"model": "claude-test", "input": "hello", "instructions": "be brief"},
+    out = rvm.responses_to_anthropic_request({"model": "claude-test", "input": "hello", "instructions": "be brief"},
                                             "claude-upstream")
     assert out == {"model": "claude-upstream", "system": "be brief", "max_tokens": DEFAULT_MAX_TOKENS,
                    "messages": [{"role": "user", "content": [{"type": "text", "text": "hello"}]}]}
 
 
 def test_message_items_system_and_developer_roles():
-    out = rs.responses_to_anthropic_request({"model": "m", "instructions": "first", "input": [
+    out = rvm.responses_to_anthropic_request({"model": "m", "instructions": "first", "input": [
         {"role": "system", "content": "second"},
         {"role": "developer", "content": [{"type": "input_text", "text": "third"}]},
         {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "a"},
@@ -175,14 +177,14 @@ def test_message_items_system_and_developer_roles():
 
 def test_sampling_knobs_map():
     base = {"model": "m", "input": "x"}
-    out = rs.responses_to_anthropic_request({**base, "max_output_tokens": 50, "temperature": 1.7, "top_p": 0.5,
+    out = rvm.responses_to_anthropic_request({**base, "max_output_tokens": 50, "temperature": 1.7, "top_p": 0.5,
                                              "stream": True}, "up")
     assert (out["max_tokens"], out["temperature"], out["top_p"], out["stream"]) == (50, 1.0, 0.5, True)
-    out = rs.responses_to_anthropic_request({**base, "temperature": 0.2, "top_p": 1}, "up")
+    out = rvm.responses_to_anthropic_request({**base, "temperature": 0.2, "top_p": 1}, "up")
     assert out["temperature"] == 0.2 and "top_p" not in out  # newer Claude models refuse both
-    out = rs.responses_to_anthropic_request({**base, "stream": False, "user": "u1"}, "up")
+    out = rvm.responses_to_anthropic_request({**base, "stream": False, "user": "u1"}, "up")
     assert out["stream"] is False and out["metadata"] == {"user_id": "u1"}
-    out = rs.responses_to_anthropic_request({**base, "user": "u1", "safety_identifier": "s1"}, "up")
+    out = rvm.responses_to_anthropic_request({**base, "user": "u1", "safety_identifier": "s1"}, "up")
     assert out["metadata"] == {"user_id": "s1"}
     for bad in ({"max_output_tokens": 0}, {"max_output_tokens": "5"}, {"max_output_tokens": True},
                 {"temperature": "hot"}, {"top_p": [1]}, {"stream": "yes"}, {"user": 5}):
@@ -191,7 +193,7 @@ def test_sampling_knobs_map():
 
 
 def test_defaults_and_harmless_fields_are_accepted():
-    out = rs.responses_to_anthropic_request({
+    out = rvm.responses_to_anthropic_request({
         "model": "m", "input": "x", "store": False, "metadata": {"run": "1"}, "prompt_cache_key": "k",
         "prompt_cache_retention": "24h", "stream_options": {"include_obfuscation": False}, "service_tier": "auto",
         "truncation": "disabled", "text": {"format": {"type": "text"}, "verbosity": "medium"},
@@ -202,7 +204,7 @@ def test_defaults_and_harmless_fields_are_accepted():
 
 def test_function_tools_and_tool_choice():
     base = {"model": "m", "input": "weather?", "tools": [WEATHER, {"type": "function", "name": "bare"}]}
-    out = rs.responses_to_anthropic_request(base, "up")
+    out = rvm.responses_to_anthropic_request(base, "up")
     assert out["tools"] == [
         {"name": "get_weather", "description": "The weather in a city.", "input_schema": WEATHER["parameters"]},
         {"name": "bare", "input_schema": {"type": "object", "properties": {}}}]
@@ -211,15 +213,15 @@ def test_function_tools_and_tool_choice():
              json.dumps({"type": "function", "name": "bare"}): {"type": "tool", "name": "bare"}}
     for choice, expected in cases.items():
         value = json.loads(choice) if choice.startswith("{") else choice
-        assert rs.responses_to_anthropic_request({**base, "tool_choice": value}, "up")["tool_choice"] == expected
-    out = rs.responses_to_anthropic_request({**base, "parallel_tool_calls": False}, "up")
+        assert rvm.responses_to_anthropic_request({**base, "tool_choice": value}, "up")["tool_choice"] == expected
+    out = rvm.responses_to_anthropic_request({**base, "parallel_tool_calls": False}, "up")
     assert out["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
-    out = rs.responses_to_anthropic_request({**base, "tool_choice": "required", "parallel_tool_calls": False}, "up")
+    out = rvm.responses_to_anthropic_request({**base, "tool_choice": "required", "parallel_tool_calls": False}, "up")
     assert out["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
 
 
 def test_a_function_call_round_trip():
-    out = rs.responses_to_anthropic_request({"model": "m", "tools": [WEATHER], "input": [
+    out = rvm.responses_to_anthropic_request({"model": "m", "tools": [WEATHER], "input": [
         {"role": "user", "content": "weather in Paris?"},
         {"type": "function_call", "id": "fc_1", "call_id": "toolu_01", "name": "get_weather",
          "arguments": '{"city": "Paris"}', "status": "completed"},
@@ -374,7 +376,7 @@ _good_body = st.fixed_dictionaries({"model": st.just("m"), "input": st.one_of(_t
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=st.one_of(_body, _good_body))
 def test_any_body_raises_only_translation_errors_that_never_quote_it(body):
-    for step in (rs.check_request, lambda b: rs.responses_to_anthropic_request(b, "claude-upstream")):
+    for step in (rs.check_request, lambda b: rvm.responses_to_anthropic_request(b, "claude-upstream")):
         try:
             step(body)
         except TranslationError as exc:
@@ -386,7 +388,7 @@ def test_any_body_raises_only_translation_errors_that_never_quote_it(body):
 # ----------------------------------------------------------------------------- response from Anthropic
 
 def test_a_text_answer_becomes_a_completed_response():
-    out = rs.anthropic_to_responses_response(
+    out = rvm.anthropic_to_responses_response(
         text_message("msg_01abc", "hello there", cache_read_input_tokens=4, cache_creation_input_tokens=1),
         "claude-test", created_at=1700000000)
     assert out["id"] == "resp_01abc" and out["object"] == "response" and out["model"] == "claude-test"
@@ -411,7 +413,7 @@ def test_tool_use_becomes_function_calls_and_text_runs_become_messages():
                        {"type": "tool_use", "id": "toolu_02", "name": "noargs", "input": None},
                        {"type": "text", "text": "done"}],
            "usage": {"input_tokens": 5, "output_tokens": 9}}
-    out = rs.anthropic_to_responses_response(msg, "claude-test")
+    out = rvm.anthropic_to_responses_response(msg, "claude-test")
     kinds = [i["type"] for i in out["output"]]
     assert kinds == ["message", "function_call", "function_call", "message"]
     assert [p["text"] for p in out["output"][0]["content"]] == ["Let me ", "check."]
@@ -426,10 +428,10 @@ def test_tool_use_becomes_function_calls_and_text_runs_become_messages():
 
 
 def test_a_max_tokens_stop_is_incomplete():
-    out = rs.anthropic_to_responses_response(text_message(stop="max_tokens"), "claude-test")
+    out = rvm.anthropic_to_responses_response(text_message(stop="max_tokens"), "claude-test")
     assert out["status"] == "incomplete" and out["incomplete_details"] == {"reason": "max_output_tokens"}
     assert out["output"][0]["status"] == "incomplete"
-    out = rs.anthropic_to_responses_response(text_message(stop="refusal"), "claude-test")
+    out = rvm.anthropic_to_responses_response(text_message(stop="refusal"), "claude-test")
     assert out["incomplete_details"] == {"reason": "content_filter"}
     Response.model_validate(out)
 
@@ -438,23 +440,23 @@ def test_the_request_is_echoed_when_given():
     request = {"model": "claude-test", "input": "x", "instructions": "be brief", "tools": [WEATHER],
                "tool_choice": "required", "parallel_tool_calls": False, "temperature": 0.5, "top_p": 0.9,
                "max_output_tokens": 99, "metadata": {"run": "7"}}
-    out = rs.anthropic_to_responses_response(text_message(), "claude-test", request=request)
+    out = rvm.anthropic_to_responses_response(text_message(), "claude-test", request=request)
     assert (out["instructions"], out["tools"], out["tool_choice"], out["parallel_tool_calls"]) == \
         ("be brief", [WEATHER], "required", False)
     assert (out["temperature"], out["top_p"], out["max_output_tokens"], out["metadata"]) == (0.5, 0.9, 99, {"run": "7"})
     assert out["store"] is False
     Response.model_validate(out)
-    bare = rs.anthropic_to_responses_response({"content": None}, "claude-test")
+    bare = rvm.anthropic_to_responses_response({"content": None}, "claude-test")
     assert bare["output"] == [] and bare["id"].startswith("resp_") and bare["usage"]["total_tokens"] == 0
 
 
 def test_an_untranslatable_upstream_answer_raises():
     with pytest.raises(TranslationError):
-        rs.anthropic_to_responses_response("nope", "m")  # type: ignore[arg-type]
+        rvm.anthropic_to_responses_response("nope", "m")  # type: ignore[arg-type]
     with pytest.raises(TranslationError):
-        rs.anthropic_to_responses_response({"content": "text"}, "m")
+        rvm.anthropic_to_responses_response({"content": "text"}, "m")
     with pytest.raises(TranslationError):
-        rs.anthropic_to_responses_response({"content": ["text"]}, "m")
+        rvm.anthropic_to_responses_response({"content": ["text"]}, "m")
 
 
 def test_responses_text_chars():
@@ -514,7 +516,7 @@ class Counted:
 
 def translate_stream(events: list, usage: Usage | None = None, finish: bool = True, **kw):
     usage_of = Counted(usage or Usage(3, 7, 2, 0, True))
-    t = rs.AnthropicStreamToResponses("claude-test", usage_of, **kw)
+    t = rvm.AnthropicStreamToResponses("claude-test", usage_of, **kw)
     out = []
     for name, data in events:
         out += t.feed(name, data)
@@ -687,7 +689,7 @@ def test_sse_responses_frame():
 # ----------------------------------------------------------------------------- the stream meter
 
 def test_the_meter_counts_a_completed_stream():
-    meter = rs.ResponsesStreamMeter()
+    meter = ResponsesStreamMeter()
     assert (meter.usage, meter.chars_out, meter.clean_end, meter.error) == (None, 0, False, False)
     assert meter.feed("response.created", {"type": "response.created", "response": {"usage": None}}) == 0
     assert meter.usage is None
@@ -706,13 +708,13 @@ def test_the_meter_counts_a_completed_stream():
 
 
 def test_the_meter_on_incomplete_failed_and_error():
-    meter = rs.ResponsesStreamMeter()
+    meter = ResponsesStreamMeter()
     meter.feed("response.incomplete", {"response": {"usage": {"input_tokens": 2, "output_tokens": 1}}})
     assert meter.clean_end and not meter.error and meter.usage.output_tokens == 1
-    meter = rs.ResponsesStreamMeter()
+    meter = ResponsesStreamMeter()
     meter.feed("response.failed", {"response": {"status": "failed", "usage": None}})
     assert meter.clean_end and meter.error and meter.usage is None
-    meter = rs.ResponsesStreamMeter()
+    meter = ResponsesStreamMeter()
     meter.feed("error", {"type": "error", "error": {"message": "boom"}})
     assert meter.error and not meter.clean_end
 
@@ -850,10 +852,10 @@ def test_fake_responses_faults(fake, oai):
 def test_the_meter_reads_the_fakes_real_streams(fake):
     headers = {"Authorization": f"Bearer {DEFAULT_KEY}"}
 
-    def metered(**fault) -> rs.ResponsesStreamMeter:
+    def metered(**fault) -> ResponsesStreamMeter:
         if fault:
             fake.push_fault(**fault)
-        meter = rs.ResponsesStreamMeter()
+        meter = ResponsesStreamMeter()
         try:
             with httpx2.stream("POST", fake.base_url + "/v1/responses", headers=headers, timeout=5,
                                json={"model": "m", "input": "count these words", "stream": True}) as resp:
@@ -891,18 +893,18 @@ def mini_relay(fake, upstream_model: str = "claude-upstream") -> openai.OpenAI:
     def handle(request: httpx2.Request) -> httpx2.Response:
         body = json.loads(request.content)
         try:
-            upstream = rs.responses_to_anthropic_request(body, upstream_model)
+            upstream = rvm.responses_to_anthropic_request(body, upstream_model)
         except TranslationError as exc:
             return httpx2.Response(400, json=openai_error(400, exc.message, param=exc.param))
         if not body.get("stream"):
             msg = httpx2.post(fake.base_url + "/v1/messages", headers=headers, json=upstream, timeout=5).json()
-            return httpx2.Response(200, json=rs.anthropic_to_responses_response(msg, body["model"], request=body))
+            return httpx2.Response(200, json=rvm.anthropic_to_responses_response(msg, body["model"], request=body))
         usage = Usage()
 
         def usage_of() -> Usage:
             return usage
 
-        t = rs.AnthropicStreamToResponses(body["model"], usage_of, request=body)
+        t = rvm.AnthropicStreamToResponses(body["model"], usage_of, request=body)
         out = []
         with httpx2.stream("POST", fake.base_url + "/v1/messages", headers=headers, json=upstream,
                            timeout=5) as resp:

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from app.relay import responses
-from app.relay.translate import chat_via_messages, messages_via_chat
+from app.relay.responses import sse_responses
+from app.relay.translate import chat_via_messages, messages_via_chat, responses_via_messages
 from app.relay.wire import SSE_OPENAI_DONE, Usage, sse_anthropic, sse_openai
 
 
@@ -48,13 +48,14 @@ class _MessagesViaChatStream:
 
 class _ResponsesViaMessagesStream:
     def __init__(self, public_model: str, body: dict, meter) -> None:
-        self.t = responses.AnthropicStreamToResponses(public_model, lambda: meter.usage or Usage(), request=body)
+        self.t = responses_via_messages.AnthropicStreamToResponses(public_model, lambda: meter.usage or Usage(),
+                                                                   request=body)
 
     def feed(self, name: str, obj: Any) -> list[bytes]:
-        return [responses.sse_responses(e, d) for e, d in self.t.feed(name, obj)]
+        return [sse_responses(e, d) for e, d in self.t.feed(name, obj)]
 
     def finish(self) -> list[bytes]:
-        return [responses.sse_responses(e, d) for e, d in self.t.finish()]
+        return [sse_responses(e, d) for e, d in self.t.finish()]
 
 
 @dataclass(frozen=True)
@@ -71,9 +72,10 @@ _DIRECTIONS = {
     ("messages", "chat"): Direction(messages_via_chat.anthropic_to_openai_request,
                                     lambda obj, model, body: messages_via_chat.openai_to_anthropic_response(obj, model),
                                     _MessagesViaChatStream),
-    ("responses", "messages"): Direction(responses.responses_to_anthropic_request,
-                                         lambda obj, model, body: responses.anthropic_to_responses_response(
-                                             obj, model, request=body),
+    ("responses", "messages"): Direction(responses_via_messages.responses_to_anthropic_request,
+                                         lambda obj, model, body:
+                                             responses_via_messages.anthropic_to_responses_response(
+                                                 obj, model, request=body),
                                          _ResponsesViaMessagesStream),
 }
 
