@@ -274,8 +274,7 @@ def test_openai_request_text_system_and_sampling():
         "stream": True,
         "stream_options": {"include_usage": True},
         "user": "user-42",
-        "seed": 7,
-        "presence_penalty": 0.5,
+        "presence_penalty": 0,  # the value that asks for nothing
     }
     out = openai_to_anthropic_request(body, "claude-sonnet-4-20250514")
     assert out == {
@@ -432,7 +431,7 @@ def test_anthropic_request_text_system_stop_and_stream():
     body = {
         "model": "gpt-public",
         "max_tokens": 1024,
-        "system": [{"type": "text", "text": "You are helpful.", "cache_control": {"type": "ephemeral"}},
+        "system": [{"type": "text", "text": "You are helpful.", "cache_control": None},
                    {"type": "text", "text": "Be brief."}],
         "messages": [
             {"role": "user", "content": "Hello"},
@@ -442,10 +441,9 @@ def test_anthropic_request_text_system_stop_and_stream():
         "stop_sequences": ["\n\nHuman:"],
         "temperature": 0.7,
         "top_p": 0.95,
-        "top_k": 40,
         "stream": True,
         "metadata": {"user_id": "u-13"},
-        "thinking": {"type": "enabled", "budget_tokens": 2000},
+        "thinking": {"type": "disabled"},  # the value that asks for nothing
     }
     out = anthropic_to_openai_request(body, "gpt-4o")
     assert out == {
@@ -479,14 +477,13 @@ def test_anthropic_request_tool_use_and_results():
         "messages": [
             {"role": "user", "content": "Weather?"},
             {"role": "assistant", "content": [
-                {"type": "thinking", "thinking": "need tool", "signature": "sig"},
                 {"type": "text", "text": "Checking."},
                 {"type": "tool_use", "id": "toolu_01A", "name": "get_weather", "input": {"city": "Paris"}},
                 {"type": "tool_use", "id": "toolu_01B", "name": "get_weather", "input": {"city": "Rome"}},
             ]},
             {"role": "user", "content": [
                 {"type": "tool_result", "tool_use_id": "toolu_01A", "content": "20C"},
-                {"type": "tool_result", "tool_use_id": "toolu_01B", "is_error": True,
+                {"type": "tool_result", "tool_use_id": "toolu_01B", "is_error": False,
                  "content": [{"type": "text", "text": "timeout"}]},
                 {"type": "text", "text": "And tomorrow?"},
             ]},
@@ -541,6 +538,250 @@ def test_anthropic_request_refusals_name_the_field(body, where):
     with pytest.raises(TranslationError) as info:
         anthropic_to_openai_request(body, "m")
     assert info.value.param == where
+
+
+# --------------------------------------------------------------------------- fields that cannot be carried
+# Issue 12: a request field the other API cannot express is refused with a 400
+# naming it, never dropped. Unset (absent, null, empty) and neutral values ask
+# for nothing and are accepted. Each refused body plants the canary in the
+# conversation and, where the field holds text, in the field itself (P23).
+
+OPENAI_UNCARRIED = [
+    ({"seed": 7}, "seed"),
+    ({"frequency_penalty": 0.5}, "frequency_penalty"),
+    ({"presence_penalty": -1}, "presence_penalty"),
+    ({"logprobs": True}, "logprobs"),
+    ({"top_logprobs": 3}, "top_logprobs"),
+    ({"logit_bias": {"50256": -100}}, "logit_bias"),
+    ({"reasoning_effort": "high"}, "reasoning_effort"),
+    ({"verbosity": "low"}, "verbosity"),
+    ({"audio": {"voice": CANARY, "format": "wav"}}, "audio"),
+    ({"modalities": ["text", "audio"]}, "modalities"),
+    ({"prediction": {"type": "content", "content": CANARY}}, "prediction"),
+    ({"web_search_options": {"search_context_size": "low"}}, "web_search_options"),
+    ({"store": True}, "store"),
+    ({"metadata": {"purpose": CANARY}}, "metadata"),
+    ({"service_tier": "flex"}, "service_tier"),
+    ({"prompt_cache_key": CANARY}, "prompt_cache_key"),
+    ({"prompt_cache_retention": "24h"}, "prompt_cache_retention"),
+    ({"prompt_cache_options": {"mode": "explicit"}}, "prompt_cache_options"),
+    ({"moderation": {"model": CANARY}}, "moderation"),
+    # not chat-completions fields at all: the official API refuses them too
+    ({"top_k": 40}, "top_k"),
+    ({"thinking": {"type": "enabled", "budget_tokens": 2000}}, "thinking"),
+    ({"messages": [{"role": "user", "content": CANARY, "name": CANARY}]}, "messages[0].name"),
+    ({"messages": [{"role": "system", "content": CANARY, "name": "narrator"}, {"role": "user", "content": CANARY}]},
+     "messages[0].name"),
+    ({"messages": [{"role": "user", "content": CANARY}, {"role": "assistant", "audio": {"id": CANARY}}]},
+     "messages[1].audio"),
+    ({"messages": [{"role": "user", "content": CANARY},
+                   {"role": "assistant", "content": CANARY,
+                    "annotations": [{"type": "url_citation", "url_citation": {"title": CANARY}}]}]},
+     "messages[1].annotations"),
+    ({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": CANARY, "prompt_cache_breakpoint": {"mode": "explicit"}}]}]},
+     "messages[0].content[0].prompt_cache_breakpoint"),
+    ({"tools": [{**WEATHER_TOOL_OPENAI, "cache_control": {"type": "ephemeral"}}]}, "tools[0].cache_control"),
+]
+
+
+@pytest.mark.promise("P21", "P23")
+@pytest.mark.parametrize("extra, param", OPENAI_UNCARRIED)
+def test_openai_request_refuses_each_field_messages_cannot_carry(extra, param):
+    body = {"messages": [{"role": "user", "content": CANARY}], **extra}
+    with pytest.raises(TranslationError) as info:
+        openai_to_anthropic_request(body, "m")
+    assert str(info.value) == f"{param} cannot be carried to an Anthropic-shaped model"
+    assert info.value.param == param
+    assert_no_canary(info.value)
+
+
+def test_openai_request_unset_and_neutral_fields_ask_for_nothing():
+    plain = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                          {"role": "user", "content": "again"}]}
+    neutral = {
+        "messages": [{"role": "user", "content": "hi", "name": None},
+                     # an SDK message replayed with model_dump(): its unset fields are null or empty
+                     {"role": "assistant", "content": "hello", "refusal": None, "audio": None,
+                      "function_call": None, "tool_calls": None, "annotations": []},
+                     {"role": "user", "content": "again"}],
+        "seed": None, "logprobs": False, "top_logprobs": 0, "frequency_penalty": 0, "presence_penalty": 0.0,
+        "logit_bias": {}, "store": False, "modalities": ["text"], "service_tier": "auto", "metadata": {},
+        "n": 1, "response_format": {"type": "text"}, "audio": None, "prediction": None,
+        "reasoning_effort": None, "user": None, "stream_options": {"include_usage": True},
+        "tool_choice": "auto", "parallel_tool_calls": False,  # no tools: nothing to choose
+    }
+    assert openai_to_anthropic_request(neutral, "m") == openai_to_anthropic_request(plain, "m")
+
+
+def test_openai_request_field_with_an_unsafe_name_is_refused_without_naming_it():
+    body = {"messages": [{"role": "user", "content": "x", CANARY: "y"}], CANARY: 1}
+    with pytest.raises(TranslationError) as info:
+        openai_to_anthropic_request(body, "m")
+    assert str(info.value) == "the request has a field that cannot be carried to an Anthropic-shaped model"
+    assert info.value.param is None
+    assert_no_canary(info.value)
+    with pytest.raises(TranslationError) as info:
+        openai_to_anthropic_request({"messages": body["messages"]}, "m")
+    assert info.value.param == "messages[0]"
+    assert_no_canary(info.value)
+
+
+def test_openai_request_safety_identifier_strict_tools_and_replayed_refusal():
+    base = {"messages": [{"role": "user", "content": "x"}]}
+    out = openai_to_anthropic_request({**base, "safety_identifier": "hash-1"}, "m")
+    assert out["metadata"] == {"user_id": "hash-1"}
+    assert openai_to_anthropic_request({**base, "safety_identifier": "a", "user": "a"}, "m")["metadata"] == \
+        {"user_id": "a"}
+    with pytest.raises(TranslationError) as info:
+        openai_to_anthropic_request({**base, "safety_identifier": "a", "user": CANARY}, "m")
+    assert info.value.param == "user"
+    assert_no_canary(info.value)
+
+    strict = {"type": "function", "function": {**WEATHER_TOOL_OPENAI["function"], "strict": True}}
+    assert openai_to_anthropic_request({**base, "tools": [strict]}, "m")["tools"] == [
+        {**WEATHER_TOOL_ANTHROPIC, "strict": True}]
+    loose = {"type": "function", "function": {**WEATHER_TOOL_OPENAI["function"], "strict": False}}
+    assert openai_to_anthropic_request({**base, "tools": [loose]}, "m")["tools"] == [WEATHER_TOOL_ANTHROPIC]
+
+    history = {"messages": [{"role": "user", "content": "x"},
+                            {"role": "assistant", "content": None, "refusal": "I can't help with that."},
+                            {"role": "user", "content": "ok"}]}
+    assert openai_to_anthropic_request(history, "m")["messages"][1] == {
+        "role": "assistant", "content": [{"type": "text", "text": "I can't help with that."}]}
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_openai_tool_choice_for_a_call_without_tools_is_refused(choice):
+    with pytest.raises(TranslationError) as info:
+        openai_to_anthropic_request({"messages": [{"role": "user", "content": "x"}], "tool_choice": choice}, "m")
+    assert info.value.param == "tool_choice"
+
+
+ANTHROPIC_UNCARRIED = [
+    ({"top_k": 40}, "top_k"),
+    ({"thinking": {"type": "enabled", "budget_tokens": 2000}}, "thinking"),
+    ({"thinking": {"type": "adaptive"}}, "thinking"),
+    ({"cache_control": {"type": "ephemeral"}}, "cache_control"),
+    ({"system": [{"type": "text", "text": CANARY, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]},
+     "system[0].cache_control"),
+    ({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": CANARY, "cache_control": {"type": "ephemeral"}}]}]},
+     "messages[0].content[0].cache_control"),
+    ({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": CANARY, "citations": [{"type": "char_location", "cited_text": CANARY}]}]}]},
+     "messages[0].content[0].citations"),
+    ({"messages": [{"role": "user", "content": CANARY},
+                   {"role": "assistant", "content": [
+                       {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": CANARY}}]},
+                   {"role": "user", "content": [
+                       {"type": "tool_result", "tool_use_id": "toolu_1", "content": CANARY, "is_error": True}]}]},
+     "messages[2].content[0].is_error"),
+    ({"messages": [{"role": "user", "content": CANARY},
+                   {"role": "assistant", "content": [
+                       {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {},
+                        "cache_control": {"type": "ephemeral"}}]}]},
+     "messages[1].content[0].cache_control"),
+    ({"messages": [{"role": "user", "content": CANARY},
+                   {"role": "assistant", "content": [
+                       {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {},
+                        "caller": {"type": "code_execution_20250825", "tool_id": "srvtoolu_1"}}]}]},
+     "messages[1].content[0].caller"),
+    ({"messages": [{"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "toolu_1", "content": CANARY, "cache_control": {"type": "ephemeral"}}
+    ]}]}, "messages[0].content[0].cache_control"),
+    ({"tools": [{**WEATHER_TOOL_ANTHROPIC, "cache_control": {"type": "ephemeral"}}]}, "tools[0].cache_control"),
+    ({"tools": [{**WEATHER_TOOL_ANTHROPIC, "defer_loading": True}]}, "tools[0].defer_loading"),
+    ({"tools": [{**WEATHER_TOOL_ANTHROPIC, "input_examples": [{"city": CANARY}]}]}, "tools[0].input_examples"),
+    ({"tools": [{**WEATHER_TOOL_ANTHROPIC, "eager_input_streaming": True}]}, "tools[0].eager_input_streaming"),
+    ({"output_config": {"effort": "high"}}, "output_config"),
+    ({"output_config": {"format": {"type": "json_schema", "schema": {"title": CANARY}}}}, "output_config"),
+    ({"container": CANARY}, "container"),
+    ({"diagnostics": {"previous_message_id": CANARY}}, "diagnostics"),
+    ({"inference_geo": "us"}, "inference_geo"),
+    ({"service_tier": "standard_only"}, "service_tier"),
+    ({"speed": "fast"}, "speed"),
+    ({"metadata": {"user_id": "u-1", "tenant": CANARY}}, "metadata.tenant"),
+    ({"messages": [{"role": "user", "content": CANARY, "cache_control": {"type": "ephemeral"}}]},
+     "messages[0].cache_control"),
+    # not Messages fields at all: the official API refuses them too
+    ({"seed": 7}, "seed"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+]
+
+
+@pytest.mark.promise("P21", "P23")
+@pytest.mark.parametrize("extra, param", ANTHROPIC_UNCARRIED)
+def test_anthropic_request_refuses_each_field_chat_cannot_carry(extra, param):
+    body = {"max_tokens": 10, "messages": [{"role": "user", "content": CANARY}], **extra}
+    with pytest.raises(TranslationError) as info:
+        anthropic_to_openai_request(body, "m")
+    assert str(info.value) == f"{param} cannot be carried to an OpenAI-shaped model"
+    assert info.value.param == param
+    assert_no_canary(info.value)
+
+
+@pytest.mark.promise("P21", "P23")
+@pytest.mark.parametrize("block", [
+    {"type": "thinking", "thinking": CANARY, "signature": CANARY},
+    {"type": "redacted_thinking", "data": CANARY},
+])
+def test_anthropic_request_thinking_blocks_in_history_are_refused(block):
+    body = {"max_tokens": 10, "messages": [
+        {"role": "user", "content": CANARY},
+        {"role": "assistant", "content": [block, {"type": "text", "text": CANARY}]},
+        {"role": "user", "content": CANARY}]}
+    with pytest.raises(TranslationError) as info:
+        anthropic_to_openai_request(body, "m")
+    assert str(info.value) == \
+        f"messages[1].content[0] has an unsupported block type '{block['type']}' for this model"
+    assert info.value.param == "messages[1].content[0]"
+    assert_no_canary(info.value)
+
+
+def test_anthropic_request_unset_and_neutral_fields_ask_for_nothing():
+    plain = {"max_tokens": 10, "system": [{"type": "text", "text": "sys"}], "messages": [
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "20C"}]}],
+        "tools": [WEATHER_TOOL_ANTHROPIC]}
+    neutral = {
+        "max_tokens": 10,
+        "system": [{"type": "text", "text": "sys", "cache_control": None, "citations": None}],
+        "messages": [
+            {"role": "user", "content": "x"},
+            # an SDK block replayed with model_dump(): its unset fields are null
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"},
+                 "caller": {"type": "direct"}, "toolset_name": None, "cache_control": None}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "20C",
+                                          "is_error": False}]}],
+        "tools": [{**WEATHER_TOOL_ANTHROPIC, "allowed_callers": ["direct"], "cache_control": None,
+                   "input_examples": []}],
+        "thinking": {"type": "disabled"}, "service_tier": "auto", "speed": "standard", "top_k": None,
+        "cache_control": None, "output_config": {}, "metadata": {},
+    }
+    assert anthropic_to_openai_request(neutral, "m") == anthropic_to_openai_request(plain, "m")
+    # tool_choice without tools: auto and none ask for nothing; any and a named tool cannot be met
+    base = {"max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}
+    assert anthropic_to_openai_request({**base, "tool_choice": {"type": "auto"}}, "m") == \
+        anthropic_to_openai_request(base, "m")
+    for choice in ({"type": "any"}, {"type": "tool", "name": "get_weather"}):
+        with pytest.raises(TranslationError) as info:
+            anthropic_to_openai_request({**base, "tool_choice": choice}, "m")
+        assert info.value.param == "tool_choice"
+
+
+def test_anthropic_request_strict_tool_and_unsafe_field_name():
+    base = {"max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}
+    out = anthropic_to_openai_request({**base, "tools": [{**WEATHER_TOOL_ANTHROPIC, "strict": True}]}, "m")
+    assert out["tools"] == [{"type": "function", "function": {**WEATHER_TOOL_OPENAI["function"], "strict": True}}]
+    with pytest.raises(TranslationError) as info:
+        anthropic_to_openai_request({**base, CANARY: True}, "m")
+    assert str(info.value) == "the request has a field that cannot be carried to an OpenAI-shaped model"
+    assert info.value.param is None
+    assert_no_canary(info.value)
 
 
 # --------------------------------------------------------------------------- round trips

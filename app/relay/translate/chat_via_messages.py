@@ -1,11 +1,81 @@
 """An OpenAI chat-completions client served by an Anthropic Messages provider.
 
-The request goes out as Messages (``request``), a whole answer comes back as a
-chat completion (``response``), and a stream's events become chunks
-(``Stream``). Content the Messages API cannot express (audio, ``n > 1``,
-structured ``response_format``...) is refused with a ``TranslationError``
-naming the field, never silently dropped. A request without a token limit gets
-``DEFAULT_MAX_TOKENS``, which Anthropic requires.
+The request goes out as Messages (``openai_to_anthropic_request``), a whole
+answer comes back as a chat completion (``anthropic_to_openai_response``), and
+a stream's events become chunks (``AnthropicStreamToOpenAI``).
+
+The request: every field is mapped, or refused
+----------------------------------------------
+
+Every field of the chat-completions request (as the ``openai`` SDK's
+``CompletionCreateParams`` defines it), of each message, content part, tool
+call and tool is either carried across or refused with a ``TranslationError``
+naming it; none is dropped (issue 12). A field that is absent or ``null``,
+an empty list or object, is not set and needs no carrying; so is a field at
+the value that asks for nothing (below). The relay answers a refusal with a
+400 in the client's shape, before anything goes upstream.
+
+Mapped:
+
+* ``messages``: ``system`` and ``developer`` messages (text) join into the
+  top-level ``system``; ``user`` text parts become text blocks; ``assistant``
+  text, ``refusal`` (the field or a refusal part, replayed history) and
+  ``tool_calls`` become text and ``tool_use`` blocks; ``tool`` messages become
+  ``tool_result`` blocks in a user turn. Consecutive turns of one role are
+  merged (Anthropic requires alternation), tool results first in their turn.
+* ``max_completion_tokens`` (else the older ``max_tokens``, else
+  ``DEFAULT_MAX_TOKENS``, which Anthropic requires) -> ``max_tokens``.
+* ``temperature`` -> ``temperature``, clamped to Anthropic's 0..1 (OpenAI
+  allows 0..2): the one approximation.
+* ``top_p`` -> ``top_p``; ``top_p: 1`` beside a temperature asks for nothing
+  and is left out, since newer Claude models refuse the two together.
+* ``stop`` -> ``stop_sequences`` (empty strings ask for nothing).
+* ``tools`` (function tools: ``name``, ``description``, ``parameters``,
+  ``strict``) -> ``tools`` (``input_schema``, ``strict``).
+* ``tool_choice`` -> ``tool_choice`` (auto, none, required -> any, a named
+  function -> tool); ``parallel_tool_calls: false`` -> ``disable_parallel_tool_use``.
+  Without tools, ``tool_choice`` ``auto``/``none`` and ``parallel_tool_calls``
+  ask for nothing; any other choice is refused.
+* ``user`` and ``safety_identifier`` -> ``metadata.user_id`` (the same thing:
+  an opaque id for abuse detection); refused if both are set and differ.
+* ``stream`` -> ``stream``. ``stream_options`` is the relay's business, not
+  the provider's: ``include_usage`` decides whether the client gets a usage
+  chunk (``AnthropicStreamToOpenAI``).
+
+Accepted at the value that asks for nothing, refused otherwise: ``n: 1``,
+``response_format: {"type": "text"}``, ``frequency_penalty: 0``,
+``presence_penalty: 0``, ``logprobs: false``, ``top_logprobs: 0``,
+``logit_bias: {}``, ``store: false``, ``modalities: ["text"]``,
+``service_tier: "auto"``, ``metadata: {}``.
+
+Refused when set, because Messages has no counterpart: ``seed``,
+``logprobs``/``top_logprobs``, ``logit_bias``, the penalties, ``n > 1``,
+structured ``response_format`` (``json_object``, ``json_schema``),
+``reasoning_effort``, ``verbosity``, ``audio`` and ``modalities`` with audio,
+``prediction``, ``web_search_options``, ``store: true``, ``metadata`` (stored
+completions' tags), ``service_tier`` other than auto, ``prompt_cache_key``,
+``prompt_cache_options``, ``prompt_cache_retention``, ``moderation``, the
+legacy ``functions``/``function_call``; a message's ``name``, an assistant
+message's ``audio`` and ``function_call``, a part's
+``prompt_cache_breakpoint``; content parts other than text and refusal
+(``image_url``, ``input_audio``, ``file``); custom tools; and any field the
+SDK does not define (the official API refuses those too). An error names
+the field by its path (``messages[2].content[1]``) and never quotes content
+(P23); a field name that is not a plain protocol identifier is not quoted.
+
+The answer: what an OpenAI client has no place for
+--------------------------------------------------
+
+Text blocks are joined into ``content``; ``tool_use`` blocks become
+``tool_calls``; the stop reason becomes ``finish_reason``. ``thinking`` and
+``redacted_thinking`` blocks, and their streamed ``thinking_delta`` and
+``signature_delta``, are left out: a chat completion has no field for them,
+the client did not ask for them (``thinking`` is not a chat-completions field,
+and any unknown field is refused), and a stream cannot be refused half-way.
+Some Claude models think unasked; the client then gets the answer without the
+reasoning, as an OpenAI reasoning model answers. Server-tool blocks and
+``citations_delta`` are left out likewise; they can only follow server tools
+or documents, which the request cannot carry.
 """
 from __future__ import annotations
 
@@ -14,6 +84,7 @@ from typing import Any
 
 from app.relay.meters import MessagesStreamMeter
 from app.relay.wire import (
+    _SAFE_NAME,
     _STOP_TO_FINISH,
     DEFAULT_MAX_TOKENS,
     TranslationError,
@@ -29,6 +100,52 @@ from app.relay.wire import (
 )
 
 # --------------------------------------------------------------------------- OpenAI -> Anthropic request
+
+_TARGET = "an Anthropic-shaped model"
+
+# The request fields this direction reads; every other field is refused when set.
+_REQUEST_FIELDS = frozenset({
+    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "stream",
+    "stream_options", "tools", "tool_choice", "parallel_tool_calls", "user", "safety_identifier",
+    "n", "response_format", "functions", "function_call",
+})
+# Fields with no Messages counterpart, accepted at the value that asks for nothing.
+_NEUTRAL = {
+    "frequency_penalty": (0,),
+    "presence_penalty": (0,),
+    "logprobs": (False,),
+    "top_logprobs": (0,),
+    "store": (False,),
+    "modalities": (["text"],),
+    "service_tier": ("auto",),
+}
+_MESSAGE_FIELDS = {
+    "system": frozenset({"role", "content"}),
+    "developer": frozenset({"role", "content"}),
+    "user": frozenset({"role", "content"}),
+    "assistant": frozenset({"role", "content", "refusal", "tool_calls", "function_call"}),
+    "tool": frozenset({"role", "content", "tool_call_id"}),
+}
+_PART_FIELDS = {"text": frozenset({"type", "text"}), "refusal": frozenset({"type", "refusal"})}
+
+
+def _unset(value: Any) -> bool:
+    """Absent, null, or an empty list or object: a field that asks for nothing."""
+    return value is None or value == [] or value == {}
+
+
+def _only(obj: dict, fields: frozenset, path: str = "", neutral: dict | None = None) -> None:
+    """Refuse the first field of `obj` this direction does not carry, unless it is unset
+    or at its neutral value. The error names the field, or only `path` when the
+    field's name is not a protocol identifier (it could be client text, P23)."""
+    for key, value in obj.items():
+        if key in fields or _unset(value) or (neutral and key in neutral and value in neutral[key]):
+            continue
+        if isinstance(key, str) and _SAFE_NAME.match(key):
+            where = f"{path}.{key}" if path else key
+            raise TranslationError(f"{where} cannot be carried to {_TARGET}", where)
+        raise TranslationError(f"{path or 'the request'} has a field that cannot be carried to {_TARGET}",
+                               path or None)
 
 
 def _openai_texts(content: Any, path: str) -> list[str]:
@@ -56,6 +173,7 @@ def _openai_texts(content: Any, path: str) -> list[str]:
         else:
             raise TranslationError(
                 f"{where} has an unsupported content part type {_name(kind)} for this model", where)
+        _only(part, _PART_FIELDS[kind], where)
         if text:
             texts.append(text)
     return texts
@@ -78,6 +196,8 @@ def _openai_tool_calls_to_blocks(tool_calls: Any, path: str) -> list[dict]:
         call_id = _tool_id(call.get("id"))
         if call_id is None:
             raise TranslationError(f"{where}.id is required", where)
+        _only(call, frozenset({"id", "type", "function"}), where)
+        _only(fn, frozenset({"name", "arguments"}), f"{where}.function")
         blocks.append({
             "type": "tool_use",
             "id": call_id,
@@ -110,6 +230,8 @@ def _openai_tools_to_anthropic(tools: Any) -> list[dict]:
         fn = tool.get("function")
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn.get("name"):
             raise TranslationError(f"{where}.function.name is required", where)
+        _only(tool, frozenset({"type", "function"}), where)
+        _only(fn, frozenset({"name", "description", "parameters", "strict"}), f"{where}.function")
         params = fn.get("parameters")
         if params is None:
             params = {"type": "object", "properties": {}}
@@ -118,6 +240,11 @@ def _openai_tools_to_anthropic(tools: Any) -> list[dict]:
         converted = {"name": fn["name"], "input_schema": params}
         if isinstance(fn.get("description"), str) and fn["description"]:
             converted["description"] = fn["description"]
+        strict = fn.get("strict")
+        if strict is not None and not isinstance(strict, bool):
+            raise TranslationError(f"{where}.function.strict must be true or false", f"{where}.function.strict")
+        if strict:
+            converted["strict"] = True
         out.append(converted)
     return out
 
@@ -135,6 +262,8 @@ def _openai_tool_choice_to_anthropic(choice: Any, parallel: Any) -> dict | None:
         fn = choice.get("function")
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn.get("name"):
             raise TranslationError("tool_choice.function.name is required", "tool_choice")
+        _only(choice, frozenset({"type", "function"}), "tool_choice")
+        _only(fn, frozenset({"name"}), "tool_choice.function")
         result = {"type": "tool", "name": fn["name"]}
     else:
         kind = choice.get("type") if isinstance(choice, dict) else choice
@@ -144,29 +273,44 @@ def _openai_tool_choice_to_anthropic(choice: Any, parallel: Any) -> dict | None:
     return result
 
 
+def _user_id(body: dict) -> str | None:
+    """``safety_identifier`` and the older ``user``: one opaque end-user id, as Anthropic's ``metadata.user_id``."""
+    found = None
+    for key in ("safety_identifier", "user"):
+        value = body.get(key)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise TranslationError(f"{key} must be a string", key)
+        if found is not None and value != found:
+            raise TranslationError(f"user and safety_identifier differ, and {_TARGET} takes one user id", "user")
+        found = value
+    return found
+
+
 def openai_to_anthropic_request(
     body: dict, upstream_model: str, *, default_max_tokens: int = DEFAULT_MAX_TOKENS
 ) -> dict:
     """Turn a ``/v1/chat/completions`` body into a ``/v1/messages`` body for ``upstream_model``.
 
-    System and developer messages become the top-level ``system``; tool
-    messages become ``tool_result`` blocks in a user turn; consecutive turns of
-    one role are merged (Anthropic requires alternation) with tool results
-    kept first, as Anthropic requires. ``temperature`` is clamped to
-    Anthropic's 0..1. ``stream`` passes through; the caller decides from the
-    client's ``stream_options.include_usage`` whether to send a usage chunk.
+    What maps to what, and what is refused, is in the module docstring. The
+    caller decides from the client's ``stream_options.include_usage`` whether
+    to send a usage chunk.
     """
     if not isinstance(body, dict):
         raise TranslationError("the request body must be a JSON object")
+    _only(body, _REQUEST_FIELDS, neutral=_NEUTRAL)
     if body.get("n") not in (None, 1):
         raise TranslationError("n greater than 1 is not supported for this model", "n")
     if body.get("functions") is not None or body.get("function_call") is not None:
         raise TranslationError("functions and function_call are not supported; use tools", "functions")
     response_format = body.get("response_format")
-    if isinstance(response_format, dict) and response_format.get("type") not in (None, "text"):
-        raise TranslationError(
-            f"response_format {_name(response_format.get('type'))} is not supported for this model",
-            "response_format")
+    if response_format is not None and not (isinstance(response_format, dict)
+                                            and response_format.get("type") in (None, "text")):
+        kind = response_format.get("type") if isinstance(response_format, dict) else response_format
+        raise TranslationError(f"response_format {_name(kind)} is not supported for this model", "response_format")
+    if isinstance(response_format, dict):
+        _only(response_format, frozenset({"type"}), "response_format")
 
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -180,6 +324,8 @@ def openai_to_anthropic_request(
             raise TranslationError(f"{where} must be an object", where)
         role = message.get("role")
         content = message.get("content")
+        if role in _MESSAGE_FIELDS:
+            _only(message, _MESSAGE_FIELDS[role], where)
         if role in ("system", "developer"):
             system.extend(_openai_texts(content, f"{where}.content"))
         elif role == "user":
@@ -188,7 +334,13 @@ def openai_to_anthropic_request(
         elif role == "assistant":
             if message.get("function_call") is not None:
                 raise TranslationError(f"{where}.function_call is not supported; use tool_calls", where)
-            blocks = [{"type": "text", "text": t} for t in _openai_texts(content, f"{where}.content")]
+            texts = _openai_texts(content, f"{where}.content")
+            refusal = message.get("refusal")
+            if refusal is not None and not isinstance(refusal, str):
+                raise TranslationError(f"{where}.refusal must be a string", f"{where}.refusal")
+            if refusal:
+                texts.append(refusal)
+            blocks = [{"type": "text", "text": t} for t in texts]
             if message.get("tool_calls"):
                 blocks += _openai_tool_calls_to_blocks(message["tool_calls"], f"{where}.tool_calls")
             _append_turn(turns, "assistant", blocks)
@@ -247,16 +399,21 @@ def openai_to_anthropic_request(
     if body.get("stream") is not None:
         out["stream"] = bool(body["stream"])
 
+    parallel = body.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise TranslationError("parallel_tool_calls must be true or false", "parallel_tool_calls")
     tools = body.get("tools")
     if tools:
         out["tools"] = _openai_tools_to_anthropic(tools)
-        choice = _openai_tool_choice_to_anthropic(body.get("tool_choice"), body.get("parallel_tool_calls"))
+        choice = _openai_tool_choice_to_anthropic(body.get("tool_choice"), parallel)
         if choice is not None:
             out["tool_choice"] = choice
+    elif body.get("tool_choice") not in (None, "auto", "none"):
+        raise TranslationError("tool_choice asks for a tool call, but the request has no tools", "tool_choice")
 
-    user = body.get("user")
-    if isinstance(user, str) and user:
-        out["metadata"] = {"user_id": user}
+    user_id = _user_id(body)
+    if user_id is not None:
+        out["metadata"] = {"user_id": user_id}
     return out
 
 

@@ -1,10 +1,79 @@
 """An Anthropic Messages client served by an OpenAI chat-completions provider.
 
-The request goes out as a chat completion (``request``), a whole answer comes
-back as a Message (``response``), and a stream's chunks become Messages events
-(``Stream``). Tool-call ids pass through unchanged; content chat completions
-cannot express (documents, server tools...) is refused with a
-``TranslationError`` naming the field.
+The request goes out as a chat completion (``anthropic_to_openai_request``), a
+whole answer comes back as a Message (``openai_to_anthropic_response``), and a
+stream's chunks become Messages events (``OpenAIStreamToAnthropic``).
+
+The request: every field is mapped, or refused
+----------------------------------------------
+
+Every field of the Messages request (as the ``anthropic`` SDK's
+``MessageCreateParams`` defines it, plus ``temperature``, ``top_p`` and
+``top_k``, which older SDKs send), of each message, content block and tool is
+either carried across or refused with a ``TranslationError`` naming it; none
+is dropped (issue 12). A field that is absent or ``null``, an empty list or
+object, is not set and needs no carrying; so is a field at the value that asks
+for nothing (below). The relay answers a refusal with a 400 in the client's
+shape, before anything goes upstream.
+
+Mapped:
+
+* ``system`` (a string or text blocks) -> a leading ``system`` message.
+* ``messages``: user text blocks -> a user message (one text as a plain
+  string, which every OpenAI-compatible server takes); ``tool_result`` blocks
+  (text content) -> ``tool`` messages, placed before the user text of their
+  turn; assistant text and ``tool_use`` blocks -> an assistant message with
+  ``tool_calls`` (ids unchanged, input as a JSON string).
+* ``max_tokens`` -> ``max_tokens`` (or ``max_completion_tokens``, see
+  ``anthropic_to_openai_request``); ``temperature``, ``top_p`` unchanged;
+  ``stop_sequences`` -> ``stop``.
+* ``tools`` (custom tools: ``name``, ``description``, ``input_schema``,
+  ``strict``) -> function tools (``parameters``, ``strict``).
+* ``tool_choice`` -> ``tool_choice`` (auto, any -> required, none, a named
+  tool -> a named function); ``disable_parallel_tool_use`` ->
+  ``parallel_tool_calls: false``. Without tools, ``auto`` and ``none`` ask for
+  nothing; ``any`` and a named tool are refused.
+* ``metadata.user_id`` -> ``user``.
+* ``stream`` -> ``stream``, always with ``stream_options.include_usage`` so
+  the relay gets the token counts it must record (P22).
+
+Accepted at the value that asks for nothing, refused otherwise:
+``thinking: {"type": "disabled"}``, ``service_tier: "auto"``,
+``speed: "standard"``, a tool result's ``is_error: false``, a tool's
+``allowed_callers: ["direct"]``, a ``tool_use`` block's
+``caller: {"type": "direct"}``.
+
+Refused when set, because chat completions has no counterpart: ``top_k``,
+``thinking`` (enabled, adaptive...), ``cache_control`` (top-level, and on any
+block or tool: prompt caching is automatic on OpenAI, with no markers and no
+TTL), ``output_config`` (``effort``, ``format``), ``container``,
+``diagnostics``, ``inference_geo``, ``service_tier: "standard_only"``,
+``speed: "fast"``; ``citations`` on a text block; a tool result's
+``is_error: true`` (a tool message has no error flag); ``thinking`` and
+``redacted_thinking`` blocks in an assistant turn (an OpenAI model cannot take
+back Anthropic's signed reasoning); image, document, search-result and
+server-tool blocks; a ``role: "system"`` message; server tools and a tool's
+``defer_loading``, ``eager_input_streaming``, ``input_examples``; and any
+field the SDK does not define (the official API refuses those too). An error
+names the field by its path (``messages[0].content[1].cache_control``) and
+never quotes content (P23); a field name that is not a plain protocol
+identifier is not quoted. The ``anthropic-beta`` header cannot be carried
+either; headers are the relay's business (app/relay/shapes.py), not this
+module's.
+
+The answer: what an Anthropic client has no place for
+-----------------------------------------------------
+
+The first choice's ``content`` (or ``refusal``) becomes a text block and its
+``tool_calls`` become ``tool_use`` blocks; ``finish_reason`` becomes
+``stop_reason``. Only the first choice is read: the request never asks for
+more (``n`` is not a Messages field). ``logprobs`` and ``audio`` cannot have
+been asked for and are not carried. ``annotations`` (URL citations, which
+search models add unasked) and the reasoning text some compatible servers add
+(``reasoning_content``) are left out: an Anthropic citation points into a
+document or search result the request never had, and a ``thinking`` block
+needs a signature only Anthropic can make. A stream cannot be refused
+half-way, so these are left out of a stream too.
 """
 from __future__ import annotations
 
@@ -13,6 +82,7 @@ from typing import Any
 from app.relay.meters import ChatStreamMeter
 from app.relay.wire import (
     _FINISH_TO_STOP,
+    _SAFE_NAME,
     TranslationError,
     Usage,
     _anthropic_id_from,
@@ -28,8 +98,43 @@ from app.relay.wire import (
 
 # --------------------------------------------------------------------------- Anthropic -> OpenAI request
 
+_TARGET = "an OpenAI-shaped model"
 
-def _anthropic_text_blocks(content: Any, path: str, *, allow_images: bool = False) -> list[str]:
+# The request fields this direction reads; every other field is refused when set.
+_REQUEST_FIELDS = frozenset({
+    "model", "messages", "max_tokens", "system", "temperature", "top_p", "stop_sequences", "stream",
+    "tools", "tool_choice", "metadata",
+})
+# Fields with no chat-completions counterpart, accepted at the value that asks for nothing.
+_NEUTRAL = {
+    "thinking": ({"type": "disabled"},),
+    "service_tier": ("auto",),
+    "speed": ("standard",),
+}
+_TEXT_FIELDS = frozenset({"type", "text"})
+_TOOL_FIELDS = frozenset({"type", "name", "description", "input_schema", "strict"})
+
+
+def _unset(value: Any) -> bool:
+    """Absent, null, or an empty list or object: a field that asks for nothing."""
+    return value is None or value == [] or value == {}
+
+
+def _only(obj: dict, fields: frozenset, path: str = "", neutral: dict | None = None) -> None:
+    """Refuse the first field of `obj` this direction does not carry, unless it is unset
+    or at its neutral value. The error names the field, or only `path` when the
+    field's name is not a protocol identifier (it could be client text, P23)."""
+    for key, value in obj.items():
+        if key in fields or _unset(value) or (neutral and key in neutral and value in neutral[key]):
+            continue
+        if isinstance(key, str) and _SAFE_NAME.match(key):
+            where = f"{path}.{key}" if path else key
+            raise TranslationError(f"{where} cannot be carried to {_TARGET}", where)
+        raise TranslationError(f"{path or 'the request'} has a field that cannot be carried to {_TARGET}",
+                               path or None)
+
+
+def _anthropic_text_blocks(content: Any, path: str) -> list[str]:
     """Texts of an Anthropic content value (string or blocks) where only text is allowed."""
     if content is None:
         return []
@@ -48,6 +153,7 @@ def _anthropic_text_blocks(content: Any, path: str, *, allow_images: bool = Fals
         text = block.get("text")
         if not isinstance(text, str):
             raise TranslationError(f"{where}.text must be a string", where)
+        _only(block, _TEXT_FIELDS, where)
         if text:
             texts.append(text)
     return texts
@@ -76,6 +182,7 @@ def _block_text(block: dict, path: str) -> str:
     text = block.get("text")
     if not isinstance(text, str):
         raise TranslationError(f"{path}.text must be a string", path)
+    _only(block, _TEXT_FIELDS, path)
     return text
 
 
@@ -94,6 +201,7 @@ def _anthropic_user_turn(content: Any, where: str) -> list[dict]:
             call_id = block.get("tool_use_id")
             if not isinstance(call_id, str) or not call_id:
                 raise TranslationError(f"{path}.tool_use_id is required", path)
+            _only(block, frozenset({"type", "tool_use_id", "content"}), path, {"is_error": (False,)})
             result = _anthropic_text_blocks(block.get("content"), f"{path}.content")
             tool_messages.append({"role": "tool", "tool_call_id": call_id, "content": "\n".join(result)})
         else:
@@ -120,11 +228,10 @@ def _anthropic_assistant_turn(content: Any, where: str) -> dict | None:
                 tool_input = {}
             if not isinstance(tool_input, dict):
                 raise TranslationError(f"{path}.input must be an object", path)
+            _only(block, frozenset({"type", "id", "name", "input"}), path, {"caller": ({"type": "direct"},)})
             calls.append({"id": call_id, "type": "function",
                           "function": {"name": name, "arguments": _dumps_str(tool_input)}})
-        elif kind in ("thinking", "redacted_thinking"):
-            continue  # Anthropic-internal reasoning; an OpenAI model cannot take it back
-        else:
+        else:  # thinking and redacted_thinking included: an OpenAI model cannot take them back
             raise TranslationError(f"{path} has an unsupported block type {_name(kind)} for this model", path)
     text = "".join(texts)
     if not text and not calls:
@@ -149,6 +256,7 @@ def _anthropic_tools_to_openai(tools: Any) -> list[dict]:
         name = tool.get("name")
         if not isinstance(name, str) or not name:
             raise TranslationError(f"{where}.name is required", where)
+        _only(tool, _TOOL_FIELDS, where, {"allowed_callers": (["direct"],)})
         schema = tool.get("input_schema")
         if schema is None:
             schema = {"type": "object", "properties": {}}
@@ -157,6 +265,11 @@ def _anthropic_tools_to_openai(tools: Any) -> list[dict]:
         fn: dict = {"name": name, "parameters": schema}
         if isinstance(tool.get("description"), str) and tool["description"]:
             fn["description"] = tool["description"]
+        strict = tool.get("strict")
+        if strict is not None and not isinstance(strict, bool):
+            raise TranslationError(f"{where}.strict must be true or false", f"{where}.strict")
+        if strict:
+            fn["strict"] = True
         out.append({"type": "function", "function": fn})
     return out
 
@@ -179,7 +292,12 @@ def _anthropic_tool_choice_to_openai(choice: Any) -> tuple[Any, bool]:
         value = {"type": "function", "function": {"name": name}}
     else:
         raise TranslationError(f"tool_choice {_name(kind)} is not supported for this model", "tool_choice")
-    return value, bool(choice.get("disable_parallel_tool_use"))
+    _only(choice, frozenset({"type", "name", "disable_parallel_tool_use"}), "tool_choice")
+    no_parallel = choice.get("disable_parallel_tool_use")
+    if no_parallel is not None and not isinstance(no_parallel, bool):
+        raise TranslationError("tool_choice.disable_parallel_tool_use must be true or false",
+                               "tool_choice.disable_parallel_tool_use")
+    return value, bool(no_parallel)
 
 
 def anthropic_to_openai_request(
@@ -189,14 +307,12 @@ def anthropic_to_openai_request(
 
     ``max_tokens_field`` is ``"max_tokens"`` by default because every
     OpenAI-compatible server knows it; pass ``"max_completion_tokens"`` for
-    OpenAI's reasoning models, which refuse the old name. A streaming request
-    always asks for ``stream_options.include_usage`` so the relay gets the
-    token counts it must record (P22). ``top_k``, ``thinking``,
-    ``cache_control`` and a tool result's ``is_error`` have no OpenAI
-    counterpart and are dropped.
+    OpenAI's reasoning models, which refuse the old name. What maps to what,
+    and what is refused, is in the module docstring.
     """
     if not isinstance(body, dict):
         raise TranslationError("the request body must be a JSON object")
+    _only(body, _REQUEST_FIELDS, neutral=_NEUTRAL)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise TranslationError("messages must be a non-empty list", "messages")
@@ -213,14 +329,15 @@ def anthropic_to_openai_request(
         if not isinstance(message, dict):
             raise TranslationError(f"{where} must be an object", where)
         role = message.get("role")
+        if role not in ("user", "assistant"):
+            raise TranslationError(f"{where} has an unsupported role {_name(role)}", where)
+        _only(message, frozenset({"role", "content"}), where)
         if role == "user":
             out_messages.extend(_anthropic_user_turn(message.get("content"), where))
-        elif role == "assistant":
+        else:
             converted = _anthropic_assistant_turn(message.get("content"), where)
             if converted is not None:
                 out_messages.append(converted)
-        else:
-            raise TranslationError(f"{where} has an unsupported role {_name(role)}", where)
 
     out: dict = {"model": upstream_model, "messages": out_messages}
     max_tokens = body.get("max_tokens")
@@ -249,17 +366,29 @@ def anthropic_to_openai_request(
         out["stream"] = False
 
     tools = body.get("tools")
+    choice = body.get("tool_choice")
     if tools:
         out["tools"] = _anthropic_tools_to_openai(tools)
-        if body.get("tool_choice") is not None:
-            choice, no_parallel = _anthropic_tool_choice_to_openai(body["tool_choice"])
-            out["tool_choice"] = choice
+        if choice is not None:
+            value, no_parallel = _anthropic_tool_choice_to_openai(choice)
+            out["tool_choice"] = value
             if no_parallel:
                 out["parallel_tool_calls"] = False
+    elif choice is not None:
+        _anthropic_tool_choice_to_openai(choice)  # its own errors first
+        if choice.get("type") not in ("auto", "none"):
+            raise TranslationError("tool_choice asks for a tool call, but the request has no tools", "tool_choice")
 
     metadata = body.get("metadata")
-    if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str) and metadata["user_id"]:
-        out["user"] = metadata["user_id"]
+    if metadata is not None:
+        if not isinstance(metadata, dict):
+            raise TranslationError("metadata must be an object", "metadata")
+        _only(metadata, frozenset({"user_id"}), "metadata")
+        user_id = metadata.get("user_id")
+        if user_id is not None and not isinstance(user_id, str):
+            raise TranslationError("metadata.user_id must be a string", "metadata.user_id")
+        if user_id:
+            out["user"] = user_id
     return out
 
 
