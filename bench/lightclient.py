@@ -240,10 +240,11 @@ class _Level:
         if self.slots == 0:
             self.idle.set()
 
-    def open_slot(self, loop, req: bytes, host: str, port: int) -> asyncio.Task:
-        """A connection for one slot (a new one, or in place of one the server closed)."""
-        self.slots += 1
-        self.idle.clear()
+    def open_slot(self, loop, req: bytes, host: str, port: int, new: bool = True) -> asyncio.Task:
+        """A connection for a new slot, or (new=False) for a slot whose connection the server closed."""
+        if new:
+            self.slots += 1
+            self.idle.clear()
 
         async def connect():
             try:
@@ -337,7 +338,7 @@ class _StreamConn(asyncio.Protocol):
             lv.reconnects += 1
             self.handed_on = True
             self.tr.close()
-            lv.open_slot(self.loop, self.req, *self.addr)
+            lv.open_slot(self.loop, self.req, *self.addr, new=False)
 
     def eof_received(self):
         if self.in_response and self.dec.eof():
