@@ -108,6 +108,9 @@ SETTINGS: list[tuple[str, str, str]] = [
     ("USAGE_SPOOL_DIR", "instance/spool/",
      "Where each server process appends its usage rows before the client's last byte, so a killed "
      "worker loses none; the usage writer moves them into the database."),
+    ("PORTAL_THREADS", "32",
+     "Threads per server worker for the portal's pages (the relay's /v1/ runs on the event loop); "
+     "a long export download holds one while it streams."),
     ("TRUSTED_PROXIES", "0",
      "How many reverse proxies in front of the app set X-Forwarded-For/-Proto/-Host (0: trust none)."),
     ("LOG_LEVEL", "INFO", "Python logging level."),
@@ -233,6 +236,7 @@ def load(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
                          "account_tpm": int(raw["RELAY_ACCOUNT_TPM"])},
         "MAX_CONTENT_LENGTH": int(raw["RELAY_MAX_BODY_MB"]) * 1024 * 1024,
         "USAGE_SPOOL_DIR": str(spool_dir),
+        "PORTAL_THREADS": int(raw["PORTAL_THREADS"]),
         "TRUSTED_PROXIES": int(raw["TRUSTED_PROXIES"]),
         "ALLOWED_HOSTS": [h.strip().lower() for h in raw["ALLOWED_HOSTS"].split(",") if h.strip()],
         "LOG_LEVEL": raw["LOG_LEVEL"],

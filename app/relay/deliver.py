@@ -22,11 +22,15 @@ Settle = Callable[..., None]  # settle(call, reported=None, chars_out=None)
 
 
 def refused_by_provider(call: Call, answer: Answer) -> Refusal:
-    """A 4xx (not 429) from the provider: the request itself was refused. Pass the
-    provider's message to the client in the client's shape; store nothing of it."""
+    """A 4xx (not 429) from the provider (blocking transport): read it, then `provider_refusal`."""
     data = answer.resp.read()
     answer.resp.release()
-    status = answer.resp.status
+    return provider_refusal(answer.resp.status, data)
+
+
+def provider_refusal(status: int, data: bytes) -> Refusal:
+    """The request itself was refused. Pass the provider's message to the client
+    in the client's shape; store nothing of it."""
     if status in (401, 403):
         # The provider refused *our* credential; the client's key is fine.
         return Refusal(502, "The provider refused the relay's credentials for this model.",
@@ -47,9 +51,13 @@ def whole(call: Call, answer: Answer, settle: Settle) -> Response:
     try:
         data = answer.resp.read()
     except upstream.UpstreamError as exc:
-        raise Refusal(502, "The provider's answer was cut short.", error_class=exc.error_class) from None
+        raise cut_short(exc) from None
     answer.resp.release()
     return Response(finish_whole(call, answer, data, settle), status=200, mimetype="application/json")
+
+
+def cut_short(exc: upstream.UpstreamError) -> Refusal:
+    return Refusal(502, "The provider's answer was cut short.", error_class=exc.error_class)
 
 
 def finish_whole(call: Call, answer: Answer, data: bytes, settle: Settle) -> bytes:

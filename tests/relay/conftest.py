@@ -8,7 +8,6 @@ keys service; tests get SDK clients that carry it.
 """
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 
@@ -16,17 +15,18 @@ import anthropic
 import openai
 import pytest
 from flask import Flask
-from werkzeug.serving import WSGIRequestHandler, make_server
 
 from app import create_app
 from app.extensions import db
 from app.models import ApiKey, UsageRecord, User
 from app.models.types import utcnow
+from app.relay.asgi import App
 from app.services import keys as key_service
 from app.services.passwords import hash_password
+from tests.asgi_server import AsgiServer
 from tests.conftest import clean_database, settings
 from tests.fakes.provider import FakeProvider
-from tests.servers import free_port, wait_port
+from tests.servers import free_port
 
 UPSTREAM_KEY = "sk-fake-upstream-credential"
 
@@ -80,11 +80,6 @@ name = "embed-test"
 targets = [ {{ provider = "oai", model = "embed-upstream" }} ]
 price = {{ input = 0.1 }}
 """
-
-
-class QuietHandler(WSGIRequestHandler):
-    def log_request(self, code="-", size="-"):
-        pass
 
 
 @dataclass
@@ -163,14 +158,12 @@ def relay_factory(database_url, smtp, ratelimit_storage, tmp_path_factory, fake)
         url = f"http://127.0.0.1:{port}"
         app = create_app(settings(database_url, smtp, ratelimit_storage, folder, BASE_URL=url,
                                   PROVIDERS_FILE=str(providers), **extra))
-        server = make_server("127.0.0.1", port, app, threaded=True, request_handler=QuietHandler)
+        server = AsgiServer(App(app), port)
         if not started:
             # Rate-limit counters are keyed by key and account ids, which restart in
             # each module's clean database: start each module with none (Redis is shared).
             app.extensions["relay_limits"].reset()
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        wait_port(port)
+        server.start()
         with app.app_context(), app.test_request_context():
             user = User(email=f"dev{port}@example.com", email_key=f"dev{port}@example.com",
                         password_hash=hash_password("correct horse battery"), age_confirmed_at=utcnow(),
@@ -180,18 +173,16 @@ def relay_factory(database_url, smtp, ratelimit_storage, tmp_path_factory, fake)
             k, raw = key_service.create(user, "default")
             db.session.commit()
             relay = Relay(app, url, fake, user.id, raw, k.id)
-        started.append((server, thread, app))
+        started.append((server, app))
         return relay
 
     yield start
     mp.undo()
-    for server, thread, app in started:
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
+    for server, app in started:
+        server.stop()
         app.extensions["meter"].flush(10)
     if started:
-        clean_database(started[0][2])
+        clean_database(started[0][1])
 
 
 @pytest.fixture(scope="module")

@@ -267,10 +267,9 @@ def test_wrong_usage_embeddings(relay, fake):
 def test_client_disconnect_drops_the_upstream_call(relay, fake, path, body):
     fake.push_fault(chunk_delay=0.2, chunks=50)  # a 10 s stream
     mark = relay.mark()
-    from app.relay import upstream
-    for pool in list(upstream._pools.values()):  # no idle keep-alive connection to reuse: the
-        while pool.idle:                          # stream's upstream connection is a new socket
-            pool.idle.pop().close()
+    from app.relay import aupstream
+    aupstream.close_all_from_another_thread()  # no idle keep-alive connection to reuse: the
+                                               # stream's upstream connection is a new socket
     conns = fake._httpd._conns  # the fake's open sockets
     before = set(conns)
     t0 = time.perf_counter()

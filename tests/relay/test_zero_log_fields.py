@@ -87,7 +87,9 @@ class Sender:
 
     # -- bodies with a canary in every field ------------------------------------------
 
-    def chat_body(self, where: str, *, model: str = "gpt-test", stream: bool = False) -> dict:
+    def chat_body(self, where: str, *, model: str = "gpt-test", stream: bool = False, full: bool = False) -> dict:
+        """Translated to an Anthropic-shaped model, the fields Messages has no place
+        for are left out (they are refused, naming the field), unless `full`."""
         c = self.c
         body = {
             "model": model,
@@ -109,9 +111,16 @@ class Sender:
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True, "zl_option": c(f"{where}.stream_options")}
+        if model == "claude-test" and not full:
+            for name in ("metadata", "zl_unknown_field", "zl_unknown_object"):
+                del body[name]
+            del body["messages"][1]["name"]
         return body
 
-    def messages_body(self, where: str, *, model: str = "claude-test", stream: bool = False) -> dict:
+    def messages_body(self, where: str, *, model: str = "claude-test", stream: bool = False,
+                      full: bool = False) -> dict:
+        """Translated to an OpenAI-shaped model, the unknown fields are left out
+        (they are refused, naming the field), unless `full`."""
         c = self.c
         body = {
             "model": model,
@@ -128,6 +137,9 @@ class Sender:
         }
         if stream:
             body["stream"] = True
+        if model == "gpt-test" and not full:
+            for name in ("zl_unknown_field", "zl_unknown_object"):
+                del body[name]
         return body
 
     # -- sending through the SDKs (`post` keeps every field, known or not) -------------
@@ -165,6 +177,11 @@ def drive(s: Sender, fake, make_key, *, small_url: str | None = None) -> None:
         r = s.messages(s.messages_body(f"ok.messages.{model}", model=model))
         assert r["content"]
         assert s.messages(s.messages_body(f"ok.messages-stream.{model}", model=model, stream=True))
+    # what a translation cannot carry: refused, naming the field and quoting nothing
+    with pytest.raises(openai.BadRequestError):
+        s.chat(s.chat_body("e400.untranslatable.chat", model="claude-test", full=True))
+    with pytest.raises(anthropic.BadRequestError):
+        s.messages(s.messages_body("e400.untranslatable.messages", model="gpt-test", stream=True, full=True))
     # the anthropic-version header, forwarded to the provider and kept nowhere
     s.messages(s.messages_body("ok.messages.version"), **{"anthropic-version": c("header.anthropic-version")})
     # embeddings: every field, the input a list and a string
