@@ -145,12 +145,19 @@ def _insert_for(conn):
     return insert
 
 
+_UPSERTS: dict[str, object] = {}
+
+
 def _upsert_statement(conn):
-    """INSERT … ON CONFLICT (the cell) DO UPDATE adding the delta to what is there."""
-    stmt = _insert_for(conn)(TABLE)
-    return stmt.on_conflict_do_update(
-        index_elements=list(CELL),
-        set_={name: TABLE.c[name] + stmt.excluded[name] for name in SUMS})
+    """INSERT … ON CONFLICT (the cell) DO UPDATE adding the delta to what is there.
+    Built once per dialect: building it costs more than running it for a small batch."""
+    stmt = _UPSERTS.get(conn.dialect.name)
+    if stmt is None:
+        insert = _insert_for(conn)(TABLE)
+        stmt = _UPSERTS[conn.dialect.name] = insert.on_conflict_do_update(
+            index_elements=list(CELL),
+            set_={name: TABLE.c[name] + insert.excluded[name] for name in SUMS})
+    return stmt
 
 
 def upsert(conn, cells: dict[Cell, list]) -> int:
