@@ -17,7 +17,7 @@ import ssl
 import aiohttp
 
 from app.relay.providers import Provider
-from app.relay.upstream import UpstreamError
+from app.relay.upstream import UpstreamError, split_events
 
 _sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
 
@@ -108,15 +108,9 @@ class Response:
                 if buf.strip():
                     yield buf
                 return
-            buf += data
-            if b"\r\n" in buf:
-                buf = buf.replace(b"\r\n", b"\n")
-            while True:
-                cut = buf.find(b"\n\n")
-                if cut < 0:
-                    break
-                yield buf[: cut + 2]
-                buf = buf[cut + 2:]
+            events, buf = split_events(buf + data)
+            for event in events:
+                yield event
 
     def release(self) -> None:
         """Give the connection back to the pool (the body was read to its end)."""

@@ -106,15 +106,8 @@ class Response:
                 if buf.strip():
                     yield buf
                 return
-            buf += data
-            if b"\r\n" in buf:
-                buf = buf.replace(b"\r\n", b"\n")
-            while True:
-                cut = buf.find(b"\n\n")
-                if cut < 0:
-                    break
-                yield buf[: cut + 2]
-                buf = buf[cut + 2:]
+            events, buf = split_events(buf + data)
+            yield from events
 
     def release(self) -> None:
         """Give the connection back when the response was read to its end."""
@@ -125,6 +118,20 @@ class Response:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def split_events(buf: bytes) -> tuple[list[bytes], bytes]:
+    """The whole server-sent events at the front of `buf` (each up to and including
+    its blank line, CRLF read as LF), and what is left of an event still arriving."""
+    if b"\r\n" in buf:
+        buf = buf.replace(b"\r\n", b"\n")
+    events = []
+    while True:
+        cut = buf.find(b"\n\n")
+        if cut < 0:
+            return events, buf
+        events.append(buf[: cut + 2])
+        buf = buf[cut + 2:]
 
 
 def _classify(exc: BaseException) -> str:

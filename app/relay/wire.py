@@ -227,6 +227,38 @@ def _parse_arguments(arguments: Any, path: str) -> dict:
     return value
 
 
+# --------------------------------------------------------------------------- shared by the directions
+
+
+def _unset(value: Any) -> bool:
+    """Absent, null, or an empty list or object: a field that asks for nothing."""
+    return value is None or value == [] or value == {}
+
+
+def _only(obj: dict, fields: frozenset, target: str, path: str = "", neutral: dict | None = None) -> None:
+    """Refuse the first field of `obj` a direction does not carry to `target`, unless it
+    is unset or at its neutral value. The error names the field, or only `path` when
+    the field's name is not a protocol identifier (it could be client text, P23)."""
+    for key, value in obj.items():
+        if key in fields or _unset(value) or (neutral and key in neutral and value in neutral[key]):
+            continue
+        if isinstance(key, str) and _SAFE_NAME.match(key):
+            where = f"{path}.{key}" if path else key
+            raise TranslationError(f"{where} cannot be carried to {target}", where)
+        raise TranslationError(f"{path or 'the request'} has a field that cannot be carried to {target}",
+                               path or None)
+
+
+def _append_turn(turns: list[dict], role: str, blocks: list[dict]) -> None:
+    """Anthropic wants alternating turns: consecutive same-role messages become one."""
+    if not blocks:
+        return
+    if turns and turns[-1]["role"] == role:
+        turns[-1]["content"].extend(blocks)
+    else:
+        turns.append({"role": role, "content": list(blocks)})
+
+
 # --------------------------------------------------------------------------- ids
 
 

@@ -449,6 +449,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(head)
             raise _Abort
         write = self.wfile.write
+        fake = self.server.fake  # type: ignore[attr-defined]
         for i, event in enumerate(events):
             if i:
                 if drop is not None and i >= drop:
@@ -457,6 +458,7 @@ class _Handler(BaseHTTPRequestHandler):
                     raise _Abort
             chunk = b"%x\r\n%s\r\n" % (len(event), event)
             write(head + chunk if i == 0 else chunk)
+            fake.streamed_bytes += len(chunk)
         if drop is not None:
             raise _Abort
         write(b"0\r\n\r\n")
@@ -850,6 +852,7 @@ class FakeProvider:
         self._records: collections.deque[RecordedRequest] = collections.deque(maxlen=max_records)
         self._arrived = threading.Condition()
         self._stopping = threading.Event()
+        self.streamed_bytes = 0  # stream bytes handed to the socket so far (back-pressure tests)
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
 

@@ -315,7 +315,7 @@ class Sent:
 TRACE_MARKERS = (b"Traceback (most recent call last)", b'File "/', b"sqlalchemy.exc", b"Werkzeug Debugger")
 
 
-OPENAI_ONLY = ("/v1/chat/completions", "/v1/embeddings")
+OPENAI_ONLY = ("/v1/chat/completions", "/v1/embeddings", "/v1/responses")
 
 
 def anthropic_asked(sent: Sent) -> bool:

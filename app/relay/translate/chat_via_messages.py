@@ -84,14 +84,15 @@ from typing import Any
 
 from app.relay.meters import MessagesStreamMeter
 from app.relay.wire import (
-    _SAFE_NAME,
     _STOP_TO_FINISH,
     DEFAULT_MAX_TOKENS,
     TranslationError,
     Usage,
+    _append_turn,
     _dumps_str,
     _name,
     _new_id,
+    _only,
     _openai_id_from,
     _parse_arguments,
     _tool_id,
@@ -129,25 +130,6 @@ _MESSAGE_FIELDS = {
 _PART_FIELDS = {"text": frozenset({"type", "text"}), "refusal": frozenset({"type", "refusal"})}
 
 
-def _unset(value: Any) -> bool:
-    """Absent, null, or an empty list or object: a field that asks for nothing."""
-    return value is None or value == [] or value == {}
-
-
-def _only(obj: dict, fields: frozenset, path: str = "", neutral: dict | None = None) -> None:
-    """Refuse the first field of `obj` this direction does not carry, unless it is unset
-    or at its neutral value. The error names the field, or only `path` when the
-    field's name is not a protocol identifier (it could be client text, P23)."""
-    for key, value in obj.items():
-        if key in fields or _unset(value) or (neutral and key in neutral and value in neutral[key]):
-            continue
-        if isinstance(key, str) and _SAFE_NAME.match(key):
-            where = f"{path}.{key}" if path else key
-            raise TranslationError(f"{where} cannot be carried to {_TARGET}", where)
-        raise TranslationError(f"{path or 'the request'} has a field that cannot be carried to {_TARGET}",
-                               path or None)
-
-
 def _openai_texts(content: Any, path: str) -> list[str]:
     """The text pieces of an OpenAI message ``content`` (string or parts), empties dropped."""
     if content is None:
@@ -173,7 +155,7 @@ def _openai_texts(content: Any, path: str) -> list[str]:
         else:
             raise TranslationError(
                 f"{where} has an unsupported content part type {_name(kind)} for this model", where)
-        _only(part, _PART_FIELDS[kind], where)
+        _only(part, _PART_FIELDS[kind], _TARGET, where)
         if text:
             texts.append(text)
     return texts
@@ -196,8 +178,8 @@ def _openai_tool_calls_to_blocks(tool_calls: Any, path: str) -> list[dict]:
         call_id = _tool_id(call.get("id"))
         if call_id is None:
             raise TranslationError(f"{where}.id is required", where)
-        _only(call, frozenset({"id", "type", "function"}), where)
-        _only(fn, frozenset({"name", "arguments"}), f"{where}.function")
+        _only(call, frozenset({"id", "type", "function"}), _TARGET, where)
+        _only(fn, frozenset({"name", "arguments"}), _TARGET, f"{where}.function")
         blocks.append({
             "type": "tool_use",
             "id": call_id,
@@ -205,16 +187,6 @@ def _openai_tool_calls_to_blocks(tool_calls: Any, path: str) -> list[dict]:
             "input": _parse_arguments(fn.get("arguments"), f"{where}.function.arguments"),
         })
     return blocks
-
-
-def _append_turn(turns: list[dict], role: str, blocks: list[dict]) -> None:
-    """Anthropic wants alternating turns: consecutive same-role messages become one."""
-    if not blocks:
-        return
-    if turns and turns[-1]["role"] == role:
-        turns[-1]["content"].extend(blocks)
-    else:
-        turns.append({"role": role, "content": list(blocks)})
 
 
 def _openai_tools_to_anthropic(tools: Any) -> list[dict]:
@@ -230,8 +202,8 @@ def _openai_tools_to_anthropic(tools: Any) -> list[dict]:
         fn = tool.get("function")
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn.get("name"):
             raise TranslationError(f"{where}.function.name is required", where)
-        _only(tool, frozenset({"type", "function"}), where)
-        _only(fn, frozenset({"name", "description", "parameters", "strict"}), f"{where}.function")
+        _only(tool, frozenset({"type", "function"}), _TARGET, where)
+        _only(fn, frozenset({"name", "description", "parameters", "strict"}), _TARGET, f"{where}.function")
         params = fn.get("parameters")
         if params is None:
             params = {"type": "object", "properties": {}}
@@ -262,8 +234,8 @@ def _openai_tool_choice_to_anthropic(choice: Any, parallel: Any) -> dict | None:
         fn = choice.get("function")
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn.get("name"):
             raise TranslationError("tool_choice.function.name is required", "tool_choice")
-        _only(choice, frozenset({"type", "function"}), "tool_choice")
-        _only(fn, frozenset({"name"}), "tool_choice.function")
+        _only(choice, frozenset({"type", "function"}), _TARGET, "tool_choice")
+        _only(fn, frozenset({"name"}), _TARGET, "tool_choice.function")
         result = {"type": "tool", "name": fn["name"]}
     else:
         kind = choice.get("type") if isinstance(choice, dict) else choice
@@ -299,7 +271,7 @@ def openai_to_anthropic_request(
     """
     if not isinstance(body, dict):
         raise TranslationError("the request body must be a JSON object")
-    _only(body, _REQUEST_FIELDS, neutral=_NEUTRAL)
+    _only(body, _REQUEST_FIELDS, _TARGET, neutral=_NEUTRAL)
     if body.get("n") not in (None, 1):
         raise TranslationError("n greater than 1 is not supported for this model", "n")
     if body.get("functions") is not None or body.get("function_call") is not None:
@@ -310,7 +282,7 @@ def openai_to_anthropic_request(
         kind = response_format.get("type") if isinstance(response_format, dict) else response_format
         raise TranslationError(f"response_format {_name(kind)} is not supported for this model", "response_format")
     if isinstance(response_format, dict):
-        _only(response_format, frozenset({"type"}), "response_format")
+        _only(response_format, frozenset({"type"}), _TARGET, "response_format")
 
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -325,7 +297,7 @@ def openai_to_anthropic_request(
         role = message.get("role")
         content = message.get("content")
         if role in _MESSAGE_FIELDS:
-            _only(message, _MESSAGE_FIELDS[role], where)
+            _only(message, _MESSAGE_FIELDS[role], _TARGET, where)
         if role in ("system", "developer"):
             system.extend(_openai_texts(content, f"{where}.content"))
         elif role == "user":

@@ -82,13 +82,13 @@ from typing import Any
 from app.relay.meters import ChatStreamMeter
 from app.relay.wire import (
     _FINISH_TO_STOP,
-    _SAFE_NAME,
     TranslationError,
     Usage,
     _anthropic_id_from,
     _dumps_str,
     _name,
     _new_id,
+    _only,
     _parse_arguments,
     _tool_id,
     anthropic_error,
@@ -115,25 +115,6 @@ _TEXT_FIELDS = frozenset({"type", "text"})
 _TOOL_FIELDS = frozenset({"type", "name", "description", "input_schema", "strict"})
 
 
-def _unset(value: Any) -> bool:
-    """Absent, null, or an empty list or object: a field that asks for nothing."""
-    return value is None or value == [] or value == {}
-
-
-def _only(obj: dict, fields: frozenset, path: str = "", neutral: dict | None = None) -> None:
-    """Refuse the first field of `obj` this direction does not carry, unless it is unset
-    or at its neutral value. The error names the field, or only `path` when the
-    field's name is not a protocol identifier (it could be client text, P23)."""
-    for key, value in obj.items():
-        if key in fields or _unset(value) or (neutral and key in neutral and value in neutral[key]):
-            continue
-        if isinstance(key, str) and _SAFE_NAME.match(key):
-            where = f"{path}.{key}" if path else key
-            raise TranslationError(f"{where} cannot be carried to {_TARGET}", where)
-        raise TranslationError(f"{path or 'the request'} has a field that cannot be carried to {_TARGET}",
-                               path or None)
-
-
 def _anthropic_text_blocks(content: Any, path: str) -> list[str]:
     """Texts of an Anthropic content value (string or blocks) where only text is allowed."""
     if content is None:
@@ -153,7 +134,7 @@ def _anthropic_text_blocks(content: Any, path: str) -> list[str]:
         text = block.get("text")
         if not isinstance(text, str):
             raise TranslationError(f"{where}.text must be a string", where)
-        _only(block, _TEXT_FIELDS, where)
+        _only(block, _TEXT_FIELDS, _TARGET, where)
         if text:
             texts.append(text)
     return texts
@@ -182,7 +163,7 @@ def _block_text(block: dict, path: str) -> str:
     text = block.get("text")
     if not isinstance(text, str):
         raise TranslationError(f"{path}.text must be a string", path)
-    _only(block, _TEXT_FIELDS, path)
+    _only(block, _TEXT_FIELDS, _TARGET, path)
     return text
 
 
@@ -201,7 +182,7 @@ def _anthropic_user_turn(content: Any, where: str) -> list[dict]:
             call_id = block.get("tool_use_id")
             if not isinstance(call_id, str) or not call_id:
                 raise TranslationError(f"{path}.tool_use_id is required", path)
-            _only(block, frozenset({"type", "tool_use_id", "content"}), path, {"is_error": (False,)})
+            _only(block, frozenset({"type", "tool_use_id", "content"}), _TARGET, path, {"is_error": (False,)})
             result = _anthropic_text_blocks(block.get("content"), f"{path}.content")
             tool_messages.append({"role": "tool", "tool_call_id": call_id, "content": "\n".join(result)})
         else:
@@ -228,7 +209,7 @@ def _anthropic_assistant_turn(content: Any, where: str) -> dict | None:
                 tool_input = {}
             if not isinstance(tool_input, dict):
                 raise TranslationError(f"{path}.input must be an object", path)
-            _only(block, frozenset({"type", "id", "name", "input"}), path, {"caller": ({"type": "direct"},)})
+            _only(block, frozenset({"type", "id", "name", "input"}), _TARGET, path, {"caller": ({"type": "direct"},)})
             calls.append({"id": call_id, "type": "function",
                           "function": {"name": name, "arguments": _dumps_str(tool_input)}})
         else:  # thinking and redacted_thinking included: an OpenAI model cannot take them back
@@ -256,7 +237,7 @@ def _anthropic_tools_to_openai(tools: Any) -> list[dict]:
         name = tool.get("name")
         if not isinstance(name, str) or not name:
             raise TranslationError(f"{where}.name is required", where)
-        _only(tool, _TOOL_FIELDS, where, {"allowed_callers": (["direct"],)})
+        _only(tool, _TOOL_FIELDS, _TARGET, where, {"allowed_callers": (["direct"],)})
         schema = tool.get("input_schema")
         if schema is None:
             schema = {"type": "object", "properties": {}}
@@ -292,7 +273,7 @@ def _anthropic_tool_choice_to_openai(choice: Any) -> tuple[Any, bool]:
         value = {"type": "function", "function": {"name": name}}
     else:
         raise TranslationError(f"tool_choice {_name(kind)} is not supported for this model", "tool_choice")
-    _only(choice, frozenset({"type", "name", "disable_parallel_tool_use"}), "tool_choice")
+    _only(choice, frozenset({"type", "name", "disable_parallel_tool_use"}), _TARGET, "tool_choice")
     no_parallel = choice.get("disable_parallel_tool_use")
     if no_parallel is not None and not isinstance(no_parallel, bool):
         raise TranslationError("tool_choice.disable_parallel_tool_use must be true or false",
@@ -312,7 +293,7 @@ def anthropic_to_openai_request(
     """
     if not isinstance(body, dict):
         raise TranslationError("the request body must be a JSON object")
-    _only(body, _REQUEST_FIELDS, neutral=_NEUTRAL)
+    _only(body, _REQUEST_FIELDS, _TARGET, neutral=_NEUTRAL)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise TranslationError("messages must be a non-empty list", "messages")
@@ -331,7 +312,7 @@ def anthropic_to_openai_request(
         role = message.get("role")
         if role not in ("user", "assistant"):
             raise TranslationError(f"{where} has an unsupported role {_name(role)}", where)
-        _only(message, frozenset({"role", "content"}), where)
+        _only(message, frozenset({"role", "content"}), _TARGET, where)
         if role == "user":
             out_messages.extend(_anthropic_user_turn(message.get("content"), where))
         else:
@@ -383,7 +364,7 @@ def anthropic_to_openai_request(
     if metadata is not None:
         if not isinstance(metadata, dict):
             raise TranslationError("metadata must be an object", "metadata")
-        _only(metadata, frozenset({"user_id"}), "metadata")
+        _only(metadata, frozenset({"user_id"}), _TARGET, "metadata")
         user_id = metadata.get("user_id")
         if user_id is not None and not isinstance(user_id, str):
             raise TranslationError("metadata.user_id must be a string", "metadata.user_id")

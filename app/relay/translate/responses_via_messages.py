@@ -57,6 +57,7 @@ from app.relay.wire import (
     DEFAULT_MAX_TOKENS,
     TranslationError,
     Usage,
+    _append_turn,
     _dumps_str,
     _name,
     _new_id,
@@ -127,16 +128,6 @@ def _arguments(arguments: Any, path: str) -> dict:
     if isinstance(arguments, dict):
         raise TranslationError(f"{path} must be a JSON string", path)
     return _parse_arguments(arguments, path)
-
-
-def _append_turn(turns: list[dict], role: str, blocks: list[dict]) -> None:
-    """Anthropic wants alternating turns: consecutive items of one role become one message."""
-    if not blocks:
-        return
-    if turns and turns[-1]["role"] == role:
-        turns[-1]["content"].extend(blocks)
-    else:
-        turns.append({"role": role, "content": list(blocks)})
 
 
 def _input_to_turns(items: Any) -> tuple[list[str], list[dict]]:
