@@ -15,11 +15,13 @@ import socket
 import ssl
 
 import aiohttp
+import yarl
 
 from app.relay.providers import Provider
 from app.relay.upstream import UpstreamError, split_events
 
 _sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+_urls: dict[tuple[str, str], yarl.URL] = {}
 
 
 def _session() -> aiohttp.ClientSession:
@@ -126,7 +128,9 @@ async def send(provider: Provider, path: str, body: bytes, headers: dict[str, st
     wait for the response headers within the provider's timeouts. A kept-alive
     connection the provider had closed is retried once on a fresh one."""
     session = _session()
-    url = provider.base_url + path
+    url = _urls.get((provider.base_url, path))
+    if url is None:  # parsed once, not per call
+        url = _urls[(provider.base_url, path)] = yarl.URL(provider.base_url + path)
     method = "POST" if body else "GET"
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=provider.connect_timeout,
                                     sock_read=provider.first_byte_timeout)

@@ -102,6 +102,25 @@ def _all_paths(relay, fake, c: Canary) -> None:
                                  messages=[{"role": "user", "content": f"weather {c.text}"}]) as s:
             s.get_final_message()
 
+    # -- the Responses API: passed through and translated, whole and streamed, with a tool,
+    #    and the refusals that name a field (stored state, what Claude cannot carry)
+    for model in ("gpt-test", "claude-test"):
+        r = oai.responses.create(model=model, input=c.text, instructions=f"be brief {c.text}")
+        assert c.text in r.output_text
+        with oai.responses.stream(model=model, input=[{"role": "user", "content": c.text}]) as rs:
+            assert c.text in rs.get_final_response().output_text
+        oai.responses.create(model=model, input=f"weather in {c.text}", tools=[{
+            "type": "function", "name": "get_weather", "description": c.text,
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}])
+        with pytest.raises(openai.BadRequestError):
+            oai.responses.create(model=model, input=c.text, previous_response_id=f"resp_{c.hex}")
+    with pytest.raises(openai.BadRequestError):
+        oai.responses.create(model="claude-test", input=c.text, tools=[{"type": "web_search"}])
+    fake.push_fault(status=400, message=f"bad prompt: {c.text}")
+    with pytest.raises(openai.BadRequestError):
+        oai.responses.create(model="gpt-test", input=c.text)
+    ant.messages.count_tokens(model="claude-test", messages=amsg)
+
     # -- models: listed, and looked up by a name that is the canary
     assert {m.id for m in oai.models.list()} >= {"gpt-test", "claude-test"}
     with pytest.raises(openai.NotFoundError):
@@ -364,7 +383,7 @@ def test_canary_reaches_the_client_and_nothing_else(relay, relay_factory, fake, 
 
     _settle(relay)
     rows = relay.rows()[mark:]
-    assert len(rows) == 71  # one row for each request above that got past authentication
+    assert len(rows) == 81  # one row for each request above that got past authentication
     assert {r.usage_source for r in rows} == {"provider", "estimated", "none"}
     assert all(r.project in (None, "zero-log") for r in rows)
     assert caplog_sanity(all_logs)
