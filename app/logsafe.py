@@ -42,3 +42,16 @@ def install() -> None:
         return make(name, level, fn, lno, msg, args, exc_info, func, sinfo, **kw)
 
     logging.setLogRecordFactory(factory)
+
+
+class AccessFormatter(logging.Formatter):
+    """uvicorn's access line without the path or query: `[time] addr "METHOD" status HTTP/x`.
+    A path can be a secret (/reset/<token>, an export's download link) or client
+    text (/v1/models/<anything>), so it never reaches the log (P23)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        try:
+            client_addr, method, _path, version, status = record.args  # type: ignore[misc]
+        except (TypeError, ValueError):
+            return "[access] (unrecognised record)"
+        return f"[{self.formatTime(record)}] {client_addr} \"{method}\" {status} HTTP/{version}"

@@ -1,6 +1,6 @@
 """Relay overhead benchmark: the same requests direct to a fake provider and through the relay, interleaved.
 
-    .venv/bin/python bench/relay_overhead.py [--server granian|gunicorn] [--quick] [--json]
+    .venv/bin/python bench/relay_overhead.py [--server uvicorn|granian|gunicorn] [--quick] [--json]
 
 In one run it starts two loopback light fake providers (bench/lightfake.py,
 asyncio + uvloop): one answering at once with 64-chunk streams, one streaming 20
@@ -727,7 +727,7 @@ def report(r: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--server", choices=("granian", "gunicorn"), default="granian")
+    ap.add_argument("--server", choices=("uvicorn", "granian", "gunicorn"), default="uvicorn")
     ap.add_argument("--quick", action="store_true", help="fewer requests and shorter holds: a smoke run")
     ap.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
     ap.add_argument("--access-log", dest="access_log", action="store_true",

@@ -1,10 +1,10 @@
 """The app served exactly as `make run` serves it, for tests that need real
 server processes: `bash scripts/serve.sh` (migrate, publish the policy, then
-granian with WORKERS worker processes) on a free loopback port.
+the server with WORKERS worker processes) on a free loopback port.
 
 Tests that race two processes, or kill a worker, start one (or two) of these
 against the suite's database. `workers()` lists the worker processes' pids
-(children of the granian main process), so a test can SIGKILL one as the
+(children of the server's main process), so a test can SIGKILL one as the
 kernel's out-of-memory killer would.
 """
 from __future__ import annotations
@@ -75,9 +75,16 @@ class Served:
         raise RuntimeError(f"server not ready after {timeout}s; log:\n{self.log()[-3000:]}")
 
     def workers(self) -> list[int]:
-        """Pids of the worker processes (the server's children)."""
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
-        return [int(p) for p in out.stdout.split()]
+        """Pids of the worker processes (the server's children, less multiprocessing's
+        resource tracker, which a server that spawns its workers also starts)."""
+        out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
+        return [int(line.split(None, 1)[0]) for line in out.stdout.splitlines()
+                if line.strip() and "resource_tracker" not in line]
+
+    def started_workers(self) -> int:
+        """How many worker processes the server has started so far (replacements included)."""
+        log = self.log()
+        return log.count("Started worker") + log.count("Started server process")  # granian's, uvicorn's
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

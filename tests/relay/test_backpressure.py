@@ -71,7 +71,7 @@ def test_a_slow_client_holds_back_the_provider(relay, fake):
 
 
 @pytest.mark.promise("P21")
-def test_a_slow_client_holds_back_the_provider_under_granian(relay, fake, database_url, tmp_path):
+def test_a_slow_client_holds_back_the_provider_served_as_make_run_serves_it(relay, fake, database_url, tmp_path):
     from tests.served import Served
 
     providers = tmp_path / "providers.toml"

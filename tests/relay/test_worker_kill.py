@@ -124,7 +124,7 @@ def test_sigkill_of_a_worker_under_load_loses_no_answered_row(make_app, database
                 # Kill again only once the first replacement serves: with every worker
                 # down at once there is nobody to answer (each worker has its own socket).
                 if len(killed_at) < len(KILL_AT) and answered >= KILL_AT[len(killed_at)] \
-                        and served.log().count("Started worker") >= 2 + len(killed_at):
+                        and served.started_workers() >= 2 + len(killed_at):
                     victim = served.workers()[0]
                     os.kill(victim, signal.SIGKILL)
                     kills.append(victim)

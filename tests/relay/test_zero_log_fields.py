@@ -418,8 +418,9 @@ def test_every_field_header_and_path_reaches_the_client_only(relay, relay_factor
 # ---- the same through the server processes `make run` starts --------------------------------
 
 @pytest.mark.promise("P23")
-def test_served_by_granian_nothing_reaches_its_output(make_app, database_url, tmp_path, fake, all_logs, capfd):
-    """scripts/serve.sh (migrations, policy sync, granian with two workers) at
+def test_served_as_make_run_serves_it_nothing_reaches_its_output(make_app, database_url, tmp_path, fake,
+                                                                  all_logs, capfd):
+    """scripts/serve.sh (migrations, policy sync, the server with two workers) at
     LOG_LEVEL=DEBUG: the relay's paths and the portal's sign-in forms over real
     HTTP, then the server's own stdout and stderr are scanned with the rest."""
     from tests.conftest import csrf_from
@@ -488,7 +489,7 @@ def test_served_by_granian_nothing_reaches_its_output(make_app, database_url, tm
     finally:
         served.stop()
     log = served.log()
-    assert "Started worker" in log, log[-2000:]
+    assert served.started_workers() >= 2, log[-2000:]  # the server's own output was captured
 
     found = scan_all(book, [app], all_logs, capfd, extra={"server-output": log},
                      folders={"served": served.instance})
