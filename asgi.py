@@ -1,4 +1,4 @@
-"""The server's entry point (granian --interface asgi asgi:app): /v1/ on the event loop, the portal behind it.
+"""The server's entry point (`uvicorn asgi:app`; granian's ASGI works too): /v1/ async, the portal behind it.
 
 The Flask app is the one wsgi.py builds (so the flask CLI and a WSGI server
 still work with wsgi:app); app/relay/asgi.py says what runs where.

@@ -1,4 +1,4 @@
-"""The WSGI entry point (granian or gunicorn: wsgi:app; the flask CLI: --app wsgi)."""
+"""The WSGI entry point (gunicorn: wsgi:app; flask CLI: --app wsgi). `make run` serves asgi.py, which wraps it."""
 import click
 from flask.cli import ScriptInfo
 

@@ -5,6 +5,8 @@ import json
 import traceback
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from app.relay import wire as tr
 from app.relay.translate.chat_via_messages import (
@@ -17,6 +19,7 @@ from app.relay.translate.messages_via_chat import (
     anthropic_to_openai_request,
     openai_to_anthropic_response,
 )
+from app.relay.translate.responses_via_messages import responses_to_anthropic_request
 from app.relay.wire import (
     TranslationError,
     Usage,
@@ -1351,3 +1354,32 @@ def test_works_without_orjson(monkeypatch):
         openai_to_anthropic_request({"messages": [{"role": "assistant", "tool_calls": [
             {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{" + CANARY}}]}]}, "m")
     assert_no_canary(info.value)
+
+
+# ---- any body: a TranslationError or a translation, never another exception ------------
+
+
+_WORDS = ["user", "assistant", "system", "tool", "developer", "text", "image_url", "tool_use", "tool_result",
+          "function", "input_text", "message", "function_call", "function_call_output", "auto", CANARY]
+_KEYS = ["role", "content", "type", "text", "tool_calls", "tools", "tool_choice", "function", "name", "arguments",
+         "id", "input", "messages", "system", "image_url", "source", "tool_call_id", "tool_use_id", "call_id",
+         "output", "parameters", "max_tokens", "stop", "n", "instructions"]
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-3, 3) | st.sampled_from(_WORDS),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(_KEYS), inner,
+                                                                                 max_size=4),
+                     max_leaves=12)
+_BODY = st.fixed_dictionaries({"model": st.just("m")}, optional={
+    k: st.lists(_JSON, max_size=3) | _JSON for k in ("messages", "input", "tools", "tool_choice", "system",
+                                                     "instructions", "max_tokens", "stop")})
+
+
+@pytest.mark.promise("P21", "P23")
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(_BODY)
+@example({"model": "m", "messages": [{"role": [], "content": ""}]})  # an unhashable role once gave a 500
+def test_any_body_is_translated_or_refused_naming_no_content(body):
+    for translate in (openai_to_anthropic_request, anthropic_to_openai_request, responses_to_anthropic_request):
+        try:
+            translate(body, "upstream")
+        except TranslationError as exc:
+            assert CANARY not in str(exc) and "7f3a" not in (exc.param or "")

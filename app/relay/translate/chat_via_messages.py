@@ -296,7 +296,7 @@ def openai_to_anthropic_request(
             raise TranslationError(f"{where} must be an object", where)
         role = message.get("role")
         content = message.get("content")
-        if role in _MESSAGE_FIELDS:
+        if isinstance(role, str) and role in _MESSAGE_FIELDS:
             _only(message, _MESSAGE_FIELDS[role], _TARGET, where)
         if role in ("system", "developer"):
             system.extend(_openai_texts(content, f"{where}.content"))
