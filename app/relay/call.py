@@ -34,10 +34,10 @@ class Refusal(Exception):
     beyond a model name, and it is never logged (P23)."""
 
     def __init__(self, status: int, message: str, type_: str | None = None, *,
-                 error_class: str | None = None, headers: dict | None = None):
+                 error_class: str | None = None, headers: dict | None = None, param: str | None = None):
         super().__init__(error_class or type_ or status)
         self.status, self.message, self.type_ = status, message, type_
-        self.error_class, self.headers = error_class, headers
+        self.error_class, self.headers, self.param = error_class, headers, param
 
 
 @dataclass

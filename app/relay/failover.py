@@ -32,6 +32,10 @@ class Answer:
 def build_request(call: Call, target: Target, shape: Shape) -> tuple[str, bytes, dict]:
     """The provider call for `target` in `shape`: path, body bytes and headers."""
     dirn = direction(call.shape.name, shape.name)
+    if dirn is not None and call.req.headers.get("anthropic-beta"):
+        # A beta feature asked of Anthropic cannot be asked of another API: said, not dropped.
+        raise TranslationError("the anthropic-beta header cannot be carried to a model of another API",
+                               "anthropic-beta")
     body = dict(call.body, model=target.model) if dirn is None else dirn.request(call.body, target.model)
     body = shape.prepare(body, call.stream)
     headers = shape.headers(target.provider, call.req.headers, dirn is None, call.stream)
@@ -62,7 +66,7 @@ class Failover:
             try:
                 request = build_request(call, target, shape)
             except TranslationError as exc:
-                raise Refusal(400, str(exc)) from None
+                raise Refusal(400, str(exc), param=exc.param) from None
             yield target, shape, request
 
     def _note(self, target: Target, outcome: str, error_class: str | None, ms: int, counts: bool = True) -> None:

@@ -155,7 +155,7 @@ def refuse(call: Call, refusal: Refusal) -> Response:
         call.error_class = refusal.error_class
     family = call.shape.family
     call.error_class = call.error_class or refusal.type_ or family.error_type(refusal.status)
-    body = family.error(refusal.status, refusal.message, refusal.type_, call.request_id)
+    body = family.error(refusal.status, refusal.message, refusal.type_, call.request_id, refusal.param)
     settle(call)
     return Response(orjson.dumps(body), status=refusal.status, mimetype="application/json",
                     headers=refusal.headers)

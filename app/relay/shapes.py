@@ -48,7 +48,7 @@ class Family:
     def error_type(self, status: int) -> str:
         return error_type_for_status(status, self.name)
 
-    def error(self, status: int, message: str, type_: str | None, request_id: str) -> dict:
+    def error(self, status: int, message: str, type_: str | None, request_id: str, param: str | None = None) -> dict:
         raise NotImplementedError
 
     def stream_error(self, message: str, request_id: str) -> bytes:
@@ -66,8 +66,8 @@ class _OpenAI(Family):
     name = "openai"
     not_found_type = "invalid_request_error"
 
-    def error(self, status, message, type_, request_id):
-        return openai_error(status, message, type_)
+    def error(self, status, message, type_, request_id, param=None):
+        return openai_error(status, message, type_, param=param)
 
     def stream_error(self, message, request_id):
         return sse_openai(openai_error(502, message))
@@ -83,7 +83,7 @@ class _Anthropic(Family):
     name = "anthropic"
     not_found_type = "not_found_error"
 
-    def error(self, status, message, type_, request_id):
+    def error(self, status, message, type_, request_id, param=None):
         return anthropic_error(type_ or error_type_for_status(status, "anthropic"), message, request_id=request_id)
 
     def stream_error(self, message, request_id):

@@ -226,3 +226,27 @@ def test_count_tokens_goes_to_the_anthropic_provider_and_is_not_metered(relay, f
     [row] = relay.new_rows(mark)
     assert row.request_id == raw.headers["x-request-id"]
     assert len(relay.rows()) == mark + 1
+
+
+# ---- what cannot cross: said, with the field named ---------------------------------------------
+
+@pytest.mark.promise("P21")
+def test_a_beta_header_to_a_model_of_another_api_is_refused_naming_it(relay, fake):
+    with pytest.raises(anthropic.BadRequestError) as info:
+        relay.anthropic().messages.create(model="gpt-test", max_tokens=10,
+                                          messages=[{"role": "user", "content": "hi"}],
+                                          extra_headers={"anthropic-beta": "interleaved-thinking-2025-05-14"})
+    assert "anthropic-beta" in info.value.body["error"]["message"]
+    assert fake.requests == []
+    # without the header, the same call is translated and answered
+    assert relay.anthropic().messages.create(model="gpt-test", max_tokens=10,
+                                             messages=[{"role": "user", "content": "hi"}]).content
+
+
+@pytest.mark.promise("P21")
+def test_the_refused_field_is_the_openai_errors_param(relay, fake):
+    with pytest.raises(openai.BadRequestError) as info:
+        relay.openai().chat.completions.create(model="claude-test", seed=7,
+                                               messages=[{"role": "user", "content": "hi"}])
+    assert info.value.param == "seed" and "seed" in info.value.message
+    assert fake.requests == []
