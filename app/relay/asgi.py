@@ -31,14 +31,11 @@ from app.logsafe import where
 from app.relay import aupstream, deliver, pipeline
 from app.relay.call import Call, Refusal
 from app.relay.failover import Failover
-from app.relay.routes import _EXACT, _STATUS_TEXT, FAMILIES, URLS, api_of
-from app.relay.shapes import CHAT, COUNT_TOKENS, EMBEDDINGS, MESSAGES, RESPONSES
+from app.relay.routes import _EXACT, _STATUS_TEXT, FAMILIES, MODEL_ENDPOINTS, URLS, api_of
 from app.relay.upstream import UpstreamError
 
 log = logging.getLogger(__name__)
 
-_SHAPES = {"/v1/chat/completions": CHAT, "/v1/embeddings": EMBEDDINGS, "/v1/messages": MESSAGES,
-           "/v1/messages/count_tokens": COUNT_TOKENS, "/v1/responses": RESPONSES}
 _JSON = (b"content-type", b"application/json")
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
 _STREAM = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
@@ -129,7 +126,7 @@ class App:
             return await _send_werkzeug(send, _status_error(Request(scope, b"", environ), 413), rid)
         req = Request(scope, body, environ)
         try:
-            shape = _SHAPES.get(path.rstrip("/")) if method == "POST" else None
+            shape = MODEL_ENDPOINTS.get(path.rstrip("/")) if method == "POST" else None
             if shape is not None:
                 return await self.run(req, shape, receive, send)
             view = _EXACT.get((path, method))
@@ -140,7 +137,7 @@ class App:
         except HTTPException as exc:
             return await _send_werkzeug(send, _status_error(req, exc.code or 500), rid)
         except Exception as exc:  # never a stack trace to a client; never a body in the log
-            route = path if (path, method) in _EXACT or path in _SHAPES else "/v1/…"
+            route = path if (path, method) in _EXACT or path in MODEL_ENDPOINTS else "/v1/…"
             log.error("unhandled %s at %s %s: %s", type(exc).__name__, method, route, where(exc))
             return await _send_werkzeug(send, _status_error(req, 500), rid)
 

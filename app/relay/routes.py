@@ -29,28 +29,20 @@ from app.services.keys import key_hasher
 
 log = logging.getLogger(__name__)
 
-def chat_completions(req: Request):
-    return pipeline.run(req, CHAT)
+# The model endpoints: each runs the pipeline in its API shape.
+MODEL_ENDPOINTS = {"/v1/chat/completions": CHAT, "/v1/embeddings": EMBEDDINGS, "/v1/responses": RESPONSES,
+                   "/v1/messages": MESSAGES, "/v1/messages/count_tokens": COUNT_TOKENS}
 
 
-def embeddings(req: Request):
-    return pipeline.run(req, EMBEDDINGS)
+def _model_endpoint(shape):
+    def view(req: Request):
+        return pipeline.run(req, shape)
+    view.__name__ = shape.name
+    return view
 
 
-def messages(req: Request):
-    return pipeline.run(req, MESSAGES)
-
-
-def count_tokens(req: Request):
-    return pipeline.run(req, COUNT_TOKENS)
-
-
-def responses(req: Request):
-    return pipeline.run(req, RESPONSES)
-
-
-_ENDPOINT_API = {"/v1/chat/completions": "openai", "/v1/embeddings": "openai", "/v1/responses": "openai",
-                 "/v1/messages": "anthropic"}
+_VIEWS = {path: _model_endpoint(shape) for path, shape in MODEL_ENDPOINTS.items()}
+_ENDPOINT_API = {path: shape.family.name for path, shape in MODEL_ENDPOINTS.items()}
 # The shape a shared endpoint's errors and model objects take, by API family.
 _LOOKUP_SHAPE = {"openai": CHAT, "anthropic": MESSAGES}
 
@@ -96,11 +88,7 @@ def get_model(req: Request, name: str):
 # ---- mounting --------------------------------------------------------------------------
 
 URLS = Map([
-    Rule("/v1/chat/completions", endpoint=chat_completions, methods=["POST"]),
-    Rule("/v1/embeddings", endpoint=embeddings, methods=["POST"]),
-    Rule("/v1/messages", endpoint=messages, methods=["POST"]),
-    Rule("/v1/messages/count_tokens", endpoint=count_tokens, methods=["POST"]),
-    Rule("/v1/responses", endpoint=responses, methods=["POST"]),
+    *(Rule(path, endpoint=view, methods=["POST"]) for path, view in _VIEWS.items()),
     Rule("/v1/models", endpoint=list_models, methods=["GET"]),
     Rule("/v1/models/<path:name>", endpoint=get_model, methods=["GET"]),
 ], strict_slashes=False)
