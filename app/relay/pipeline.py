@@ -28,7 +28,7 @@ from app.relay.call import UNKNOWN_MODEL, Call, Refusal
 from app.relay.failover import failover
 from app.relay.providers import Registry
 from app.relay.shapes import Shape
-from app.relay.wire import Usage
+from app.relay.wire import TranslationError, Usage
 
 # Used with fullmatch: `$` alone would let a trailing newline through.
 PROJECT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
@@ -84,7 +84,10 @@ def body(call: Call) -> None:
     if not isinstance(model, str) or not model:
         raise Refusal(400, "The request needs a 'model' string.")
     name_model(call, model)
-    problem = call.shape.check(parsed)
+    try:
+        problem = call.shape.check(parsed)
+    except TranslationError as exc:
+        raise Refusal(400, str(exc), param=exc.param) from None
     if problem is None and "stream" in parsed and not isinstance(parsed["stream"], bool):
         # Forwarded as sent, a truthy non-boolean makes the provider stream while
         # the relay waits for JSON: the client's error, answered before anything goes upstream.

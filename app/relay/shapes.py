@@ -25,7 +25,6 @@ from app.relay import meters, responses
 from app.relay.providers import Provider
 from app.relay.wire import (
     SSE_OPENAI_DONE,
-    TranslationError,
     Usage,
     anthropic_error,
     error_type_for_status,
@@ -125,7 +124,8 @@ class Shape:
 
     # -- as the client's shape
     def check(self, body: dict) -> str | None:
-        """What is wrong with a client's body before anything goes upstream, or None."""
+        """What is wrong with a client's body before anything goes upstream, or None
+        (or a TranslationError raised, when the problem is one field: it names it)."""
         return None
 
     def upstream(self, provider: Provider) -> Shape | None:
@@ -330,10 +330,7 @@ class Responses(Shape):
     name, family, path = "responses", OPENAI, "/responses"
 
     def check(self, body):
-        try:
-            responses.check_request(body)
-        except TranslationError as exc:
-            return str(exc)
+        responses.check_request(body)  # a TranslationError names the field
         return None
 
     def upstream(self, provider):

@@ -252,6 +252,7 @@ def test_stateful_features_are_refused_before_going_upstream(relay, fake, model,
     with pytest.raises(openai.BadRequestError) as info:
         relay.openai().responses.create(model=model, input="hello", **extra)
     assert_refused(info, field)
+    assert info.value.param == field
     assert fake.requests == []
     [row] = relay.new_rows(mark)
     assert row.status_code == 400 and row.usage_source == "none" and row.cost_usd == 0
