@@ -75,11 +75,17 @@ class Served:
         raise RuntimeError(f"server not ready after {timeout}s; log:\n{self.log()[-3000:]}")
 
     def workers(self) -> list[int]:
-        """Pids of the worker processes (the server's children, less multiprocessing's
-        resource tracker, which a server that spawns its workers also starts)."""
-        out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
-        return [int(line.split(None, 1)[0]) for line in out.stdout.splitlines()
-                if line.strip() and "resource_tracker" not in line]
+        """Pids of the live worker processes: the server's children, less multiprocessing's
+        resource tracker (a server that spawns its workers starts one) and less a killed
+        worker its server has not reaped yet (a zombie)."""
+        out = subprocess.run(["ps", "-ww", "-o", "pid=,stat=,args=", "--ppid", str(self.proc.pid)],
+                             capture_output=True, text=True)
+        pids = []
+        for line in out.stdout.splitlines():
+            fields = line.split(None, 2)
+            if len(fields) >= 2 and not fields[1].startswith("Z") and "resource_tracker" not in line:
+                pids.append(int(fields[0]))
+        return pids
 
     def started_workers(self) -> int:
         """How many worker processes the server has started so far (replacements included)."""

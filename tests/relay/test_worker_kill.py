@@ -44,7 +44,8 @@ targets = [ {{ provider = "oai", model = "gpt-upstream" }} ]
 price = {{ input = 1.0, output = 2.0 }}
 """
 TOTAL, CONCURRENCY = 2000, 32
-MAX_TOTAL, AFTER_LAST_KILL = 8000, 300  # go on past TOTAL until the second kill is behind us
+MAX_TOTAL, AFTER_LAST_KILL = 40000, 300  # go on past TOTAL until the second kill is behind us (a
+# replacement worker loads the whole app, a few seconds on a busy machine)
 TEARDOWN = 0.5  # seconds a SIGKILLed worker's socket may still take connections
 KILL_AT = (500, 1200)  # answered requests before each kill (the second waits for the first replacement)
 BODY = json.dumps({"model": "gpt-test", "messages": [{"role": "user", "content": "hello there"}]}).encode()
