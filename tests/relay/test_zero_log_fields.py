@@ -79,10 +79,12 @@ class Sender:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=key or self.key, max_retries=0,
                              default_headers={**self.headers, **self.labels, **headers}, default_query=self.query)
 
-    def anthropic(self, key: str | None = None, **headers) -> anthropic.Anthropic:
+    def anthropic(self, key: str | None = None, beta: bool = True, **headers) -> anthropic.Anthropic:
+        """With a canary `anthropic-beta` header, unless `beta` is False (a beta feature asked of a
+        model of another API is refused, naming the header)."""
+        extra = {"anthropic-beta": self.c("header.anthropic-beta")} if beta else {}
         return anthropic.Anthropic(base_url=self.url, api_key=key or self.key, max_retries=0,
-                                   default_headers={**self.headers, **self.labels,
-                                                    "anthropic-beta": self.c("header.anthropic-beta"), **headers},
+                                   default_headers={**self.headers, **self.labels, **extra, **headers},
                                    default_query=self.query)
 
     # -- bodies with a canary in every field ------------------------------------------
@@ -153,7 +155,9 @@ class Sender:
         return client.post("/chat/completions", body=body, cast_to=object)
 
     def messages(self, body: dict, client=None, **headers):
-        client = client or self.anthropic(**headers)
+        # Translated for an OpenAI-shaped model, the beta header goes only with a body that is refused anyway.
+        beta = body.get("model") != "gpt-test" or "zl_unknown_field" in body
+        client = client or self.anthropic(beta=beta, **headers)
         if body.get("stream"):
             stream = client.post("/v1/messages", body=body, cast_to=object, stream=True,
                                  stream_cls=anthropic.Stream[object])
