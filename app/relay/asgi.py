@@ -21,7 +21,6 @@ import logging
 import secrets
 import time
 
-import orjson
 from a2wsgi import WSGIMiddleware
 from flask import Flask
 from werkzeug.exceptions import HTTPException
@@ -31,7 +30,7 @@ from app.logsafe import where
 from app.relay import aupstream, deliver, pipeline
 from app.relay.call import Call, Refusal
 from app.relay.failover import Failover
-from app.relay.routes import _EXACT, _STATUS_TEXT, FAMILIES, MODEL_ENDPOINTS, URLS, api_of
+from app.relay.routes import _EXACT, MODEL_ENDPOINTS, URLS, status_error
 from app.relay.upstream import UpstreamError
 
 log = logging.getLogger(__name__)
@@ -123,7 +122,7 @@ class App:
         try:
             body = await self._body(scope, receive)
         except TooLarge:
-            return await _send_werkzeug(send, _status_error(Request(scope, b"", environ), 413), rid)
+            return await _send_werkzeug(send, status_error(Request(scope, b"", environ), 413), rid)
         req = Request(scope, body, environ)
         try:
             shape = MODEL_ENDPOINTS.get(path.rstrip("/")) if method == "POST" else None
@@ -135,11 +134,11 @@ class App:
             view, args = URLS.bind("relay").match(path, method)
             return await _send_werkzeug(send, view(req, **args), rid)
         except HTTPException as exc:
-            return await _send_werkzeug(send, _status_error(req, exc.code or 500), rid)
+            return await _send_werkzeug(send, status_error(req, exc.code or 500), rid)
         except Exception as exc:  # never a stack trace to a client; never a body in the log
             route = path if (path, method) in _EXACT or path in MODEL_ENDPOINTS else "/v1/…"
             log.error("unhandled %s at %s %s: %s", type(exc).__name__, method, route, where(exc))
-            return await _send_werkzeug(send, _status_error(req, 500), rid)
+            return await _send_werkzeug(send, status_error(req, 500), rid)
 
     async def _body(self, scope, receive) -> bytes:
         limit = self.max_body
@@ -168,8 +167,11 @@ class App:
             answer = await failover(call)
             resp = answer.resp
             if resp.status >= 400:
-                data = await resp.read()
-                resp.release()
+                try:
+                    data = await resp.read()
+                    resp.release()
+                except UpstreamError:
+                    data = b""  # the refusal stands; only its message is lost
                 raise deliver.provider_refusal(resp.status, data)
             if call.stream:
                 return await stream(call, answer, receive, send)
@@ -198,12 +200,6 @@ async def _send_werkzeug(send, resp: WerkzeugResponse, rid: str) -> None:
     headers += [*_ids(rid), _NOSNIFF]
     await send({"type": "http.response.start", "status": resp.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": resp.get_data()})
-
-
-def _status_error(req: Request, status: int) -> WerkzeugResponse:
-    message = _STATUS_TEXT.get(status, "The request could not be completed.")
-    body = FAMILIES[api_of(req)].error(status, message, None, req.environ["relay.request_id"])
-    return WerkzeugResponse(orjson.dumps(body), status=status, mimetype="application/json")
 
 
 async def failover(call: Call):

@@ -23,8 +23,11 @@ Settle = Callable[..., None]  # settle(call, reported=None, chars_out=None)
 
 def refused_by_provider(call: Call, answer: Answer) -> Refusal:
     """A 4xx (not 429) from the provider (blocking transport): read it, then `provider_refusal`."""
-    data = answer.resp.read()
-    answer.resp.release()
+    try:
+        data = answer.resp.read()
+        answer.resp.release()
+    except upstream.UpstreamError:
+        data = b""  # the refusal stands; only its message is lost
     return provider_refusal(answer.resp.status, data)
 
 

@@ -21,14 +21,18 @@ from app.relay.responses import usage_from_responses
 from app.relay.wire import Usage, _int, usage_from_anthropic, usage_from_openai
 
 
-class ChatStreamMeter:
-    """OpenAI chat-completion chunks: usage in the last chunk (``stream_options.include_usage``)."""
+class StreamMeter:
+    """The state every meter keeps (see the module docstring)."""
 
     def __init__(self) -> None:
         self.usage: Usage | None = None
         self.chars_out = 0
         self.clean_end = False
         self.error = False
+
+
+class ChatStreamMeter(StreamMeter):
+    """OpenAI chat-completion chunks: usage in the last chunk (``stream_options.include_usage``)."""
 
     def feed(self, name: str, obj: Any) -> int:
         if obj is None:  # data: [DONE]
@@ -61,16 +65,10 @@ def chat_chars(obj: dict) -> int:
     return n
 
 
-class MessagesStreamMeter:
+class MessagesStreamMeter(StreamMeter):
     """Anthropic Messages events. ``message_start`` carries the exact input and
     cache counts and a provisional output count; ``message_delta`` carries the
     final (cumulative) counts, so a stream cut before it is an estimate."""
-
-    def __init__(self) -> None:
-        self.usage: Usage | None = None
-        self.chars_out = 0
-        self.clean_end = False
-        self.error = False
 
     def feed(self, name: str, obj: Any) -> int:
         if not isinstance(obj, dict):
@@ -105,7 +103,7 @@ class MessagesStreamMeter:
         return n
 
 
-class ResponsesStreamMeter:
+class ResponsesStreamMeter(StreamMeter):
     """OpenAI Responses events (a Responses-shaped provider, passed through). The
     provider's counts come in the closing ``response.completed`` /
     ``response.incomplete`` / ``response.failed`` (None until then); answer
@@ -115,12 +113,6 @@ class ResponsesStreamMeter:
     _DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta",
                          "response.function_call_arguments.delta", "response.custom_tool_call_input.delta"})
     _ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
-
-    def __init__(self) -> None:
-        self.usage: Usage | None = None
-        self.chars_out = 0
-        self.clean_end = False
-        self.error = False
 
     def feed(self, name: str, obj: Any) -> int:
         if not isinstance(obj, dict):

@@ -98,6 +98,14 @@ _STATUS_TEXT = {404: "There is no API endpoint at this path.", 405: "This endpoi
                 413: "The request body is too large.", 500: "The relay failed to handle this request."}
 
 
+def status_error(req, status: int) -> Response:
+    """An error of the transport's own (no such path, wrong method, too large, a crash),
+    in the shape of the SDK that asked; both transports answer with it."""
+    message = _STATUS_TEXT.get(status, "The request could not be completed.")
+    body = FAMILIES[api_of(req)].error(status, message, None, req.environ["relay.request_id"])
+    return Response(orjson.dumps(body), status=status, mimetype="application/json")
+
+
 class RelayDispatch:
     """WSGI middleware that serves /v1/ itself and hands every other path to Flask.
 
@@ -132,24 +140,17 @@ class RelayDispatch:
                 view, args = URLS.bind_to_environ(environ).match()
                 resp = view(req, **args)
         except HTTPException as exc:
-            resp = self._error(req, exc.code or 500)
+            resp = status_error(req, exc.code or 500)
         except Exception as exc:  # never a stack trace to a client; never a body in the log
             # The route, not the path: a path can hold client text (/v1/models/<name>).
             route = path if (path, environ["REQUEST_METHOD"]) in _EXACT else "/v1/…"
             log.error("unhandled %s at %s %s: %s", type(exc).__name__, req.method, route, where(exc))
-            resp = self._error(req, 500)
+            resp = status_error(req, 500)
         h = resp.headers
         h["x-request-id"] = rid
         h["request-id"] = rid
         h["X-Content-Type-Options"] = "nosniff"
         return resp(environ, start_response)
-
-    @staticmethod
-    def _error(req: Request, status: int) -> Response:
-        message = _STATUS_TEXT.get(status, "The request could not be completed.")
-        body = FAMILIES[api_of(req)].error(status, message, None, req.environ["relay.request_id"])
-        return Response(orjson.dumps(body), status=status, mimetype="application/json")
-
 
 def init_app(app: Flask) -> None:
     try:
