@@ -99,6 +99,22 @@ SETTINGS: list[tuple[str, str, str]] = [
     ("MODELS_PAGE_PUBLIC", "true",
      ("Show the Models page (/models: models, prices, APIs, fallback providers) to visitors who are "
       "not signed in; false: signed-in people only.")),
+    ("STRIPE_SECRET_KEY", "",
+     "Stripe secret key (sk_live_… or sk_test_…). Empty: billing pages say how to enable payments."),
+    ("STRIPE_WEBHOOK_SECRET", "", "Signing secret (whsec_…) of the Stripe webhook endpoint /billing/webhook."),
+    ("STRIPE_API_BASE", "",
+     "Stripe API address; empty: Stripe's own. Local runs and tests point it at the fake (tests/fakes/stripe.py)."),
+    ("PREPAID", "auto",
+     ("true: every account and team pays for requests from its prepaid balance and is refused at zero (P41); "
+      "false: balances are not enforced; auto: true when STRIPE_SECRET_KEY is set.")),
+    ("TOPUP_MIN_USD", "5", "Smallest top-up through Stripe Checkout, in USD."),
+    ("TOPUP_MAX_USD", "1000", "Largest top-up, in USD."),
+    ("BUDGET_DEFAULT_MAX_OUTPUT", "4096",
+     ("Output tokens a budget hold allows for (and asks the provider to stop at) when the client sets no "
+      "max_tokens and the model has no max_output in the providers file.")),
+    ("RESERVATION_TIMEOUT_SECONDS", "45",
+     ("A budget hold of a process that stopped renewing it (killed mid-request) is given back after this "
+      "long; each process renews its live holds every third of it.")),
     ("REDIS_URL", "", "Redis for rate limits shared by every process (relay and portal); empty: in-process memory."),
     ("RELAY_KEY_RPM", "600", "Requests per minute per API key, unless the key sets its own (P25)."),
     ("RELAY_KEY_TPM", "2000000", "Tokens per minute per API key, unless the key sets its own."),
@@ -236,6 +252,15 @@ def load(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "KEY_PREFIX": raw["KEY_PREFIX"],
         "PROVIDERS_FILE": raw["PROVIDERS_FILE"],
         "MODELS_PAGE_PUBLIC": _bool(raw["MODELS_PAGE_PUBLIC"]),
+        "STRIPE_SECRET_KEY": raw["STRIPE_SECRET_KEY"],
+        "STRIPE_WEBHOOK_SECRET": raw["STRIPE_WEBHOOK_SECRET"],
+        "STRIPE_API_BASE": raw["STRIPE_API_BASE"].strip().rstrip("/"),
+        "PREPAID": (bool(raw["STRIPE_SECRET_KEY"]) if raw["PREPAID"].strip().lower() == "auto"
+                    else _bool(raw["PREPAID"])),
+        "TOPUP_MIN_USD": int(raw["TOPUP_MIN_USD"]),
+        "TOPUP_MAX_USD": int(raw["TOPUP_MAX_USD"]),
+        "BUDGET_DEFAULT_MAX_OUTPUT": int(raw["BUDGET_DEFAULT_MAX_OUTPUT"]),
+        "RESERVATION_TIMEOUT_SECONDS": float(raw["RESERVATION_TIMEOUT_SECONDS"]),
         "REDIS_URL": raw["REDIS_URL"],
         "RELAY_LIMITS": {"key_rpm": int(raw["RELAY_KEY_RPM"]), "key_tpm": int(raw["RELAY_KEY_TPM"]),
                          "account_rpm": int(raw["RELAY_ACCOUNT_RPM"]),

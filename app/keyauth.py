@@ -12,16 +12,28 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from app.models import ApiKey, User
+from app.models import ApiKey, Budget, User, Wallet
 from app.services.keys import refusal
 
 MISSING = "Missing API key. Send it as 'Authorization: Bearer <key>' or 'x-api-key'."
 INVALID = "Invalid API key."
 
 _COLUMNS = ("k.id", "k.user_id", "k.team_id", "k.revoked_at", "k.expires_at", "k.allowed_models", "k.rpm_limit",
-            "k.tpm_limit", "k.suspended_at", "u.restricted_at", "u.deletion_requested_at")
+            "k.tpm_limit", "k.suspended_at", "u.restricted_at", "u.deletion_requested_at",
+            "bk.monthly_units", "bk.total_units", "bm.monthly_units", "bm.total_units",
+            "bt.monthly_units", "bt.total_units", "ba.monthly_units", "ba.total_units", "COALESCE(wt.id, wu.id)")
+# The budgets that apply to a key's requests (P26) and the wallet they bill to (P41)
+# come with it: a key with none costs the relay no second query.
+_B, _W = Budget.__tablename__, Wallet.__tablename__
 _SQL = (f"SELECT {', '.join(_COLUMNS)} FROM {ApiKey.__tablename__} k "
-        f"JOIN {User.__tablename__} u ON u.id = k.user_id WHERE k.lookup_hash = ")
+        f"JOIN {User.__tablename__} u ON u.id = k.user_id "
+        f"LEFT JOIN {_B} bk ON bk.target = 'key:' || k.id "
+        f"LEFT JOIN {_B} bm ON bm.target = 'member:' || k.team_id || ':' || k.user_id "
+        f"LEFT JOIN {_B} bt ON bt.target = 'team:' || k.team_id "
+        f"LEFT JOIN {_B} ba ON k.team_id IS NULL AND ba.target = 'account:' || k.user_id "
+        f"LEFT JOIN {_W} wt ON wt.team_id = k.team_id "
+        f"LEFT JOIN {_W} wu ON k.team_id IS NULL AND wu.user_id = k.user_id "
+        "WHERE k.lookup_hash = ")
 _PLACEHOLDER = {"qmark": "?", "numeric": ":1", "named": ":h", "format": "%s", "pyformat": "%s"}
 
 
@@ -40,6 +52,8 @@ class KeyRow:
     suspended_at: object
     restricted_at: object
     deletion_requested_at: object
+    budgets: list[tuple[str, int | None, int | None]]  # (target, monthly units, total units) that apply
+    wallet_id: int | None
 
 
 def raw_key(headers: Mapping[str, str]) -> str | None:
@@ -73,9 +87,19 @@ def lookup(engine, lookup_hash: str) -> KeyRow | None:
         conn.close()  # back to the pool (rolled back there, as with any checkout)
     if row is None:
         return None
-    key = KeyRow(*row)
+    key = KeyRow(*row[:11], _budgets(row), row[19])
     key.expires_at = _utc(key.expires_at)
     return key
+
+
+def _budgets(row) -> list[tuple[str, int | None, int | None]]:
+    kid, uid, tid = row[0], row[1], row[2]
+    out = []
+    for target, (monthly, total) in ((f"key:{kid}", row[11:13]), (f"member:{tid}:{uid}", row[13:15]),
+                                     (f"team:{tid}", row[15:17]), (f"account:{uid}", row[17:19])):
+        if monthly is not None or total is not None:
+            out.append((target, monthly, total))
+    return out
 
 
 def authenticate(headers: Mapping[str, str], engine, hash_key: Callable[[str], str],

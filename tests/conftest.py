@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from app import create_app
 from app.extensions import db, limiter
+from app.models.billing import APPEND_ONLY_SQLITE, DROP_APPEND_ONLY_SQLITE
 from tests.fakes.smtp import SMTPServer
 from tests.servers import Postgres, Redis
 
@@ -103,8 +104,13 @@ def clean_database(app) -> None:
             if db.engine.dialect.name == "postgresql":
                 conn.execute(sa.text("TRUNCATE " + ", ".join(t.name for t in tables) + " RESTART IDENTITY CASCADE"))
             else:
+                # The ledger refuses DELETE (P41): its triggers step aside for the cleanup only.
+                for statement in DROP_APPEND_ONLY_SQLITE:
+                    conn.execute(sa.text(statement))
                 for t in tables:
                     conn.execute(t.delete())
+                for statement in APPEND_ONLY_SQLITE:
+                    conn.execute(sa.text(statement))
         db.engine.dispose()
 
 

@@ -1,5 +1,6 @@
 """All models, imported here so Alembic and the app see the whole schema."""
 from app.models.audit import AuditEvent
+from app.models.billing import Budget, BudgetAlert, BudgetReservation, LedgerEntry, SpendCounter, StripeEvent, Wallet
 from app.models.incident import Incident, IncidentNotice
 from app.models.key import ApiKey
 from app.models.mail import OutboxMessage
@@ -13,4 +14,5 @@ __all__ = ["ApiKey", "UsageRecord", "UsageQuarantine", "UsageRollup", "Team", "T
            "AuditEvent", "OutboxMessage", "PolicyAcceptance", "PolicyNotice", "PolicyVersion",
            "OneTimeToken", "RecoveryCode", "User", "UserSession",
            "AuditCheckpoint", "ConsentEvent", "Incident", "IncidentNotice", "DataExport", "JobLock", "PrivacyRequest",
-           "UsageDaily"]
+           "UsageDaily", "Budget", "BudgetAlert", "BudgetReservation", "LedgerEntry", "SpendCounter", "StripeEvent",
+           "Wallet"]

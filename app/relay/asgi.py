@@ -183,6 +183,9 @@ class App:
             out = deliver.finish_whole(call, answer, data, pipeline.settle)
         except Refusal as refusal:
             return await _send_werkzeug(send, pipeline.refuse(call, refusal), call.request_id)
+        except Exception:
+            pipeline.abandon(call)
+            raise
         await send({"type": "http.response.start", "status": 200,
                     "headers": [_JSON, *_ids(call.request_id), _NOSNIFF]})
         await send({"type": "http.response.body", "body": out})

@@ -54,6 +54,8 @@ class Call:
     project: str | None = None
     tags: list[str] | None = None
     body: dict | None = field(default=None, repr=False)
+    body_bytes: int = 0           # the body's size, and its image parts: the input bound of a budget hold
+    images: int = 0
     stream: bool = False
     # The name the client sent: echoed to the client only, never recorded.
     requested: str = field(default="", repr=False)
@@ -68,6 +70,8 @@ class Call:
     status: int = 200
     error_class: str | None = None
     trace: list[dict] = field(default_factory=list)
+    output_cap: int | None = None  # the most output tokens a budget hold allowed for
+    hold: tuple | None = field(default=None, repr=False)  # (limits, wallet id, units) held (app/relay/budget.py)
     settled: bool = False
 
     @property

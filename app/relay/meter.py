@@ -45,7 +45,7 @@ from app.extensions import db
 from app.models import ApiKey, UsageQuarantine, UsageRecord
 from app.models.types import utcnow
 from app.relay.spool import Claim, Spool, read_lines
-from app.services import rollups
+from app.services import billing_mail, rollups, spend
 from app.services.worker import BackgroundWorker
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,7 @@ class Meter(BackgroundWorker):
         self.spool = Spool(app.config["USAGE_SPOOL_DIR"], app.config["SQLALCHEMY_DATABASE_URI"])
         self.offsets: dict[Path, int] = {}  # own segment -> bytes already in the database
         self.next_recovery = 0.0
+        self.next_renewal = 0.0
         self.backoff = 0.5
         self._insert = None
         self.hurry = threading.Event()  # set by flush: write now, do not gather
@@ -249,6 +250,8 @@ class Meter(BackgroundWorker):
             if time.monotonic() >= self.next_recovery:
                 self.recover_orphans()
                 self.next_recovery = time.monotonic() + RECOVER_EVERY
+            if time.monotonic() >= self.next_renewal:
+                self.renew_holds()
             self.backoff = 0.5
         except Transient as exc:
             log.warning("usage writer: database unavailable (%s); rows wait in the spool, retrying in %.1fs",
@@ -260,6 +263,16 @@ class Meter(BackgroundWorker):
             log.error("usage writer: unexpected %s; retrying", type(exc).__name__)
             self.stopping.wait(self.backoff)
             self.backoff = min(self.backoff * 2, 30.0)
+
+    def renew_holds(self) -> None:
+        """Keep this process's budget holds alive, and give back those of processes
+        that stopped renewing theirs (app/services/spend.py)."""
+        timeout = self.app.config["RESERVATION_TIMEOUT_SECONDS"]
+        self.next_renewal = time.monotonic() + timeout / 3
+        with self.app.app_context():
+            now = utcnow()
+            spend.renew(db.engine, now)
+            spend.sweep(db.engine, now, timeout)
 
     def _drain_own(self) -> None:
         for path, size, active in self.spool.own():
@@ -354,11 +367,16 @@ class Meter(BackgroundWorker):
         with self.app.app_context():
             with db.engine.begin() as conn:
                 inserted = set(conn.execute(self._insert_statement(), rows).scalars())
-                rollups.apply(conn, [r for r in rows if r["request_id"] in inserted])
+                new = [r for r in rows if r["request_id"] in inserted]
+                rollups.apply(conn, new)
+                # Budgets, wallets and alerts move with the rows, in this transaction (P26, P41, P42).
+                alerts = spend.settle_rows(conn, new)
                 for kid, when in sorted(last_used.items()):
                     conn.execute(sa.update(keys).where(
                         keys.c.id == kid, sa.or_(keys.c.last_used_at.is_(None), keys.c.last_used_at < when))
                         .values(last_used_at=when))
+            if alerts:
+                billing_mail.send_alerts()
 
     def _store_quarantine(self, refused: list[tuple[dict, str]]) -> None:
         now = utcnow()

@@ -1,6 +1,6 @@
 """One relay request, top to bottom (P20-P23, P25).
 
-    authenticate -> labels -> body -> model -> admit -> failover -> deliver (whole or stream) -> settle
+    authenticate -> labels -> body -> model -> admit -> budget -> failover -> deliver (whole or stream) -> settle
 
 Each stage is a small function of the `Call` with one job: it fills in what
 it learned, or raises `Refusal`, which `run` answers in the client's API shape.
@@ -15,6 +15,7 @@ and the only upstream text that goes anywhere goes to the client.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from datetime import datetime, timezone
@@ -23,7 +24,7 @@ import orjson
 from werkzeug.wrappers import Request, Response
 
 from app import keyauth
-from app.relay import deliver
+from app.relay import budget, deliver
 from app.relay.call import UNKNOWN_MODEL, Call, Refusal
 from app.relay.failover import failover
 from app.relay.providers import Registry
@@ -74,8 +75,9 @@ def labels(call: Call) -> None:
 
 def body(call: Call) -> None:
     """A JSON object naming a model, in the form the client's shape requires."""
+    data = call.req.get_data(cache=False)
     try:
-        parsed = orjson.loads(call.req.get_data(cache=False))
+        parsed = orjson.loads(data)
     except orjson.JSONDecodeError:
         raise Refusal(400, "The request body is not valid JSON.") from None
     if not isinstance(parsed, dict):
@@ -95,6 +97,7 @@ def body(call: Call) -> None:
     if problem:
         raise Refusal(400, problem)
     call.body = parsed
+    call.body_bytes, call.images = len(data), data.count(b'"image')
     call.stream = parsed.get("stream") is True and call.shape.streams
 
 
@@ -131,7 +134,7 @@ def admit(call: Call) -> None:
                                **call.limits.headers(key.id, key.rpm_limit)})
 
 
-STAGES = (authenticate, labels, body, model, admit)
+STAGES = (authenticate, labels, body, model, admit, budget.admit)
 
 
 # ---- the run ----------------------------------------------------------------------------
@@ -149,6 +152,16 @@ def run(req: Request, shape: Shape) -> Response:
         return deliver.whole(call, answer, settle)
     except Refusal as refusal:
         return refuse(call, refusal)
+    except Exception:
+        abandon(call)
+        raise
+
+
+def abandon(call: Call) -> None:
+    """A bug ended the call before it was answered: metered as the 500 the client gets,
+    so its budget hold goes back with its row instead of waiting for the sweeper."""
+    call.status, call.error_class = 500, "relay_error"
+    settle(call)
 
 
 def refuse(call: Call, refusal: Refusal) -> Response:
@@ -175,13 +188,18 @@ def settle(call: Call, reported: Usage | None = None, chars_out: int | None = No
         return
     call.settled = True
     if chars_out is not None:  # an answer came back
-        call.usage, call.usage_source = counted(reported, call.req.content_length or 0, chars_out)
+        call.usage, call.usage_source = counted(reported, call.body_bytes, chars_out)
+        if call.usage_source == "estimated" and call.output_cap is not None:
+            # The provider was told to stop at the cap: an estimate above it is the estimate's error.
+            call.usage = dataclasses.replace(call.usage, output_tokens=min(call.usage.output_tokens, call.output_cap))
         u = call.usage
         call.cost = call.resolved.price.cost(u.input_tokens, u.output_tokens, u.cache_read_tokens,
                                              u.cache_write_tokens)
     u, key = call.usage, call.key
     call.limits.charge_tokens(key.id, key.user_id, key.rpm_limit, key.tpm_limit,
                               u.input_tokens + u.output_tokens + u.cache_read_tokens + u.cache_write_tokens)
+    if call.hold is not None:
+        budget.settled(call)
     call.meter.record(call.row())
 
 

@@ -10,6 +10,7 @@ A TOML file (path in PROVIDERS_FILE; `providers.example.toml` documents it):
     name = "gpt-4o-mini"            # the public name clients send
     targets = [ { provider = "openai", model = "gpt-4o-mini" } ]
     price = { input = 0.15, output = 0.60, cache_read = 0.075, cache_write = 0.0 }  # USD per 1M tokens
+    max_output = 16384              # most tokens one answer can have (optional; budgets cap requests at it)
 
 Targets are tried in order; the next one only when the previous failed before
 any byte reached the client (connect error, timeout, 429, 5xx).
@@ -63,6 +64,17 @@ class Price:
     cache_read: Decimal = Decimal(0)
     cache_write: Decimal = Decimal(0)
 
+    @property
+    def free(self) -> bool:
+        return not (self.input or self.output or self.cache_read or self.cache_write)
+
+    def most(self, input_tokens: int, output_tokens: int) -> Decimal:
+        """The most a request of at most these tokens can cost: every input token
+        at the dearest input rate (fresh, cache read or cache write)."""
+        dearest = max(self.input, self.cache_read, self.cache_write)
+        return ((dearest * input_tokens + self.output * output_tokens) / Decimal(1_000_000)).quantize(
+            Decimal("0.00000001"), rounding="ROUND_UP")
+
     def cost(self, input_tokens: int, output_tokens: int, cache_read: int, cache_write: int) -> Decimal:
         total = (self.input * input_tokens + self.output * output_tokens
                  + self.cache_read * cache_read + self.cache_write * cache_write)
@@ -81,6 +93,7 @@ class Model:
     targets: tuple[Target, ...]
     price: Price
     created: int = 0
+    max_output: int | None = None  # tokens; None: the deployment's BUDGET_DEFAULT_MAX_OUTPUT
 
 
 @dataclass
@@ -146,5 +159,9 @@ def load(path: str | None, environ=os.environ) -> Registry:
         pr = spec.get("price") or {}
         price = Price(*(_num(pr.get(k, 0), f"models[{i}].price.{k}")
                         for k in ("input", "output", "cache_read", "cache_write")))
-        reg.models[name] = Model(name, tuple(targets), price, int(p.stat().st_mtime))
+        max_output = spec.get("max_output")
+        if max_output is not None and (not isinstance(max_output, int) or isinstance(max_output, bool)
+                                       or max_output < 1):
+            raise ProvidersFileError(f"models[{i}].max_output must be a positive whole number of tokens")
+        reg.models[name] = Model(name, tuple(targets), price, int(p.stat().st_mtime), max_output)
     return reg

@@ -162,5 +162,7 @@ def init_app(app: Flask) -> None:
     with app.app_context():
         app.extensions["relay_engine"] = db.engine  # the key lookup runs outside Flask's app context
     app.extensions["relay_hash_key"] = key_hasher(app.config["SECRET_KEY"])
+    app.extensions["billing_prepaid"] = app.config["PREPAID"]
+    app.extensions["billing_default_max_output"] = app.config["BUDGET_DEFAULT_MAX_OUTPUT"]
     init_meter(app)
     app.wsgi_app = RelayDispatch(app, app.wsgi_app)

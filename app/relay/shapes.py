@@ -43,6 +43,7 @@ ANTHROPIC_VERSION = "2023-06-01"
 class Family:
     name: str
     not_found_type: str
+    billing_type: str         # the error type of a request refused by a budget or balance (402)
 
     def error_type(self, status: int) -> str:
         return error_type_for_status(status, self.name)
@@ -64,6 +65,7 @@ class Family:
 class _OpenAI(Family):
     name = "openai"
     not_found_type = "invalid_request_error"
+    billing_type = "insufficient_quota"
 
     def error(self, status, message, type_, request_id, param=None):
         return openai_error(status, message, type_, param=param)
@@ -81,6 +83,7 @@ class _OpenAI(Family):
 class _Anthropic(Family):
     name = "anthropic"
     not_found_type = "not_found_error"
+    billing_type = "billing_error"
 
     def error(self, status, message, type_, request_id, param=None):
         return anthropic_error(type_ or error_type_for_status(status, "anthropic"), message, request_id=request_id)
@@ -137,6 +140,19 @@ class Shape:
         return raw
 
     metered = True            # a call of this shape gets a usage row
+    # Where a client caps the answer's tokens, read in this order; a budget's
+    # cap is written to the first. Empty: the shape answers no output tokens.
+    output_fields: tuple[str, ...] = ()
+
+    def output_cap(self, body: dict) -> int | None:
+        """The most output tokens this body allows (0: a shape with no output; None: no cap set)."""
+        if not self.output_fields:
+            return 0
+        for name in self.output_fields:
+            value = body.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return None
 
     def stream_error(self, message: str, request_id: str) -> bytes:
         """An error event for a stream of this shape that has already begun."""
@@ -187,6 +203,7 @@ def _openai_headers(provider: Provider, stream: bool) -> dict:
 class Chat(Shape):
     """OpenAI chat completions: POST {base}/chat/completions."""
     name, family, path = "chat", OPENAI, "/chat/completions"
+    output_fields = ("max_completion_tokens", "max_tokens")
 
     def check(self, body):
         if not isinstance(body.get("messages"), list):
@@ -258,6 +275,7 @@ class Embeddings(Shape):
 class Messages(Shape):
     """Anthropic Messages: POST {base}/v1/messages."""
     name, family, path = "messages", ANTHROPIC, "/v1/messages"
+    output_fields = ("max_tokens",)
 
     def check(self, body):
         max_tokens = body.get("max_tokens")
@@ -328,6 +346,7 @@ class Responses(Shape):
     Nothing stateful: the relay keeps no responses, so a request that needs one is
     refused (app/relay/responses.py)."""
     name, family, path = "responses", OPENAI, "/responses"
+    output_fields = ("max_output_tokens",)
 
     def check(self, body):
         responses.check_request(body)  # a TranslationError names the field

@@ -79,6 +79,21 @@ price = {{ input = 1.0, output = 1.0 }}
 name = "embed-test"
 targets = [ {{ provider = "oai", model = "embed-upstream" }} ]
 price = {{ input = 0.1 }}
+
+[[models]]
+name = "free-test"
+targets = [ {{ provider = "oai", model = "gpt-free" }} ]
+
+[[models]]
+name = "pricey-test"
+targets = [ {{ provider = "oai", model = "gpt-pricey" }} ]
+price = {{ input = 1000.0, output = 4000.0, cache_read = 100.0, cache_write = 1250.0 }}
+max_output = 200
+
+[[models]]
+name = "pricey-claude"
+targets = [ {{ provider = "claude", model = "claude-pricey" }} ]
+price = {{ input = 1000.0, output = 4000.0, cache_read = 100.0, cache_write = 1250.0 }}
 """
 
 
