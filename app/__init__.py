@@ -73,6 +73,7 @@ def create_app(overrides: dict[str, Any] | None = None, migrations: bool = True)
     from app.account.routes import bp as account_bp
     from app.analytics.routes import bp as analytics_bp
     from app.auth.routes import bp as auth_bp
+    from app.billing import bp as billing_bp
     from app.catalog.routes import bp as catalog_bp
     from app.deletion.routes import bp as deletion_bp
     from app.exports.routes import bp as exports_bp
@@ -101,6 +102,7 @@ def create_app(overrides: dict[str, Any] | None = None, migrations: bool = True)
     app.register_blueprint(teams_bp, url_prefix="/teams")
     app.register_blueprint(analytics_bp, url_prefix="/analytics")
     app.register_blueprint(catalog_bp)  # /models
+    app.register_blueprint(billing_bp, url_prefix="/billing")
 
     from app.relay import routes as relay
     relay.init_app(app)

@@ -1,0 +1,1 @@
+"""The Billing page (placeholder until its routes land)."""
