@@ -25,6 +25,7 @@ each as one ledger entry:
 """
 from __future__ import annotations
 
+import json
 import logging
 from decimal import Decimal
 
@@ -59,8 +60,8 @@ def client() -> stripe.StripeClient:
 
 def card_display(pm) -> str | None:
     """'Visa ending in 4242' from a PaymentMethod (or a charge's payment_method_details)."""
-    card = (pm or {}).get("card") if isinstance(pm, dict) else getattr(pm, "card", None)
-    if not card:
+    card = pm.get("card") if isinstance(pm, dict) else None
+    if not isinstance(card, dict):
         return None
     brand, last4 = card.get("brand"), card.get("last4")
     if not last4 or not str(last4).isdigit() or len(str(last4)) != 4:
@@ -129,10 +130,14 @@ def handle_webhook(payload: bytes, signature: str | None) -> tuple[int, str]:
     if not signature:
         return 400, "missing signature"
     try:
-        event = stripe.Webhook.construct_event(payload, signature, secret)
+        stripe.Webhook.construct_event(payload, signature, secret)
+        event = json.loads(payload)  # verified: read as plain data
     except (stripe.SignatureVerificationError, ValueError):
         return 400, "bad signature"
-    event_id, kind = event["id"], event["type"]
+    if not isinstance(event, dict) or not isinstance(event.get("data"), dict) \
+            or not isinstance(event["data"].get("object"), dict):
+        return 400, "bad event"
+    event_id, kind = event.get("id"), event.get("type")
     if not isinstance(event_id, str) or not event_id.startswith("evt_") or len(event_id) > 255:
         return 400, "bad event"
     if db.session.get(StripeEvent, event_id) is not None:
@@ -183,7 +188,7 @@ def _paid(session) -> list[LedgerEntry]:
         log.warning("stripe: a paid checkout session is not in USD; ignored")
         return []
     try:
-        pi = client().v1.payment_intents.retrieve(pi_id, params={"expand": ["payment_method"]})
+        pi = client().v1.payment_intents.retrieve(pi_id, params={"expand": ["payment_method"]}).to_dict()
         shown = card_display(pi.get("payment_method"))
     except stripe.StripeError as exc:
         raise _Retry(f"payment intent unavailable ({type(exc).__name__})") from None
@@ -201,7 +206,7 @@ def _refunded(refund_obj) -> list[LedgerEntry]:
     if not isinstance(pi_id, str) or not isinstance(amount, int) or amount <= 0 or not isinstance(refund_id, str):
         return []
     try:
-        pi = client().v1.payment_intents.retrieve(pi_id)
+        pi = client().v1.payment_intents.retrieve(pi_id).to_dict()
     except stripe.StripeError as exc:
         raise _Retry(f"payment intent unavailable ({type(exc).__name__})") from None
     wallet = _wallet_of(pi.get("metadata"))
