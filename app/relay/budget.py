@@ -18,7 +18,7 @@ this: the key lookup already said so, at no extra query.
 """
 from __future__ import annotations
 
-from app.models.billing import to_units
+from app.models.billing import to_units, to_usd
 from app.relay.call import Call, Refusal
 from app.services import spend
 
@@ -54,10 +54,17 @@ def admit(call: Call) -> None:
 
 
 def settled(call: Call) -> None:
-    """Shrink the hold to the call's real cost (the usage writer settles the rest with its row)."""
+    """Shrink the hold to the call's real cost (the usage writer settles the rest with its row).
+
+    A cost above the hold can only come from a provider's count above what the
+    request could use (its error, or images beyond IMAGE_TOKENS): it is charged
+    at the hold, so no limit is ever passed."""
     limits, wallet_id, most = call.hold
+    cost = to_units(call.cost)
+    if cost > most:
+        call.cost, cost = to_usd(most), most
     spend.settled(call.req.environ["relay.extensions"]["relay_engine"], call.request_id, limits, wallet_id, most,
-                  to_units(call.cost))
+                  cost)
 
 
 def _message(over: spend.Over, most: int, call: Call) -> str:

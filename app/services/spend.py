@@ -259,7 +259,26 @@ def settle_rows(conn, rows: list[dict]) -> int:
                                .returning(_RESERVATIONS.c.amount_units, _RESERVATIONS.c.counters,
                                           _RESERVATIONS.c.wallet_id)).all())
     wallets = _charge_wallets(conn, charged)
-    return _record_alerts(conn, {t for t, _ in spent}, wallets) if spent else 0
+    return _record_alerts(conn, {t for t, _ in spent}, wallets, _refused_by_budgets(rows))
+
+
+def _refused_by_budgets(rows: list[dict]) -> list[dict]:
+    """A request refused by a budget means that budget is reached, even when the
+    spend itself stops short of 100 % (a hold needs room for the most a request
+    can cost): its 100 % alert."""
+    out = []
+    for r in rows:
+        cls = r.get("error_class") or ""
+        if not cls.startswith("budget_") or cls in ("budget_wallet", "budget_unpriced"):
+            continue
+        _, scope, kind = cls.split("_", 2)
+        kid, uid, tid = r.get("api_key_id"), r.get("user_id"), r.get("team_id")
+        target = {"key": f"key:{kid}", "team": f"team:{tid}", "member": f"member:{tid}:{uid}",
+                  "account": f"account:{uid}"}.get(scope)
+        if target and "None" not in target:
+            out.append({"target": target, "period": TOTAL if kind == "total" else month_of(r["started_at"]),
+                        "kind": kind})
+    return out
 
 
 def release(conn, holds) -> None:
@@ -318,13 +337,22 @@ def _charge_wallets(conn, charged: list[tuple[dict, int]]) -> set[int]:
     return set(totals)
 
 
-def _record_alerts(conn, targets: set[str], wallets: set[int]) -> int:
-    """An alert row for each threshold the spend now reaches (P42): unique, so once."""
+def _record_alerts(conn, targets: set[str], wallets: set[int], reached: list[dict]) -> int:
+    """An alert row for each threshold the spend now reaches, and a 100 % one for
+    each budget that refused a request (P42): unique, so each fires once."""
     fired = []
+    targets = targets | {r["target"] for r in reached}
     if targets:
         budgets = conn.execute(sa.select(_BUDGETS.c.target, _BUDGETS.c.monthly_units, _BUDGETS.c.total_units,
                                          _BUDGETS.c.user_id, _BUDGETS.c.team_id)
                                .where(_BUDGETS.c.target.in_(targets))).all()
+        by_target = {b.target: b for b in budgets}
+        for r in reached:
+            b = by_target.get(r["target"])
+            limit = b and (b.monthly_units if r["kind"] == "monthly" else b.total_units)
+            if limit:
+                fired.append({**r, "threshold": 100, "limit_units": limit, "user_id": b.user_id,
+                              "team_id": b.team_id})
         if budgets:
             counters = {(t, p): s for t, p, s in conn.execute(
                 sa.select(_COUNTERS.c.target, _COUNTERS.c.period, _COUNTERS.c.spent_units)

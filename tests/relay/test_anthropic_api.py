@@ -183,7 +183,8 @@ def test_anthropic_sdk_to_openai_tool_use(relay, fake):
 def test_models_via_anthropic_sdk(relay):
     client = relay.anthropic()
     ids = sorted(m.id for m in client.models.list())
-    assert ids == ["claude-test", "embed-test", "fallback-test", "free-test", "gpt-test", "pricey-claude", "pricey-test"]
+    assert ids == ["claude-test", "embed-test", "fallback-test", "free-test", "gpt-test", "pricey-claude",
+                   "pricey-test"]
     model = client.models.retrieve("claude-test")
     assert model.id == "claude-test" and model.type == "model"
     with pytest.raises(anthropic.NotFoundError):

@@ -19,10 +19,9 @@ import sqlalchemy as sa
 from app.extensions import db
 from app.models import Budget, BudgetReservation, SpendCounter, Team, TeamMember, UsageRecord, User
 from app.models.billing import to_units, to_usd
+from app.models.types import utcnow
 from app.services import keys as key_service
 from app.services import spend
-from app.services.passwords import hash_password
-from app.models.types import utcnow
 
 DOLLAR = to_units(1)
 
@@ -36,7 +35,9 @@ def set_budget(relay, target: str, monthly=None, total=None, **ids) -> None:
 
 
 def clear_budgets(relay) -> None:
+    from app.models import BudgetAlert
     with relay.app.app_context():
+        db.session.execute(sa.delete(BudgetAlert))
         db.session.execute(sa.delete(Budget))
         db.session.execute(sa.delete(BudgetReservation))
         db.session.execute(sa.delete(SpendCounter))
@@ -201,3 +202,52 @@ def test_p26_64_concurrent_streams_never_overspend_a_shared_budget(relay):
     assert rows_spend == counter(relay, f"team:{team_id}", month)[0]
     # The budget was used, not refused wholesale (each hold is ~20 times the cost it settles to).
     assert to_usd(rows_spend) > Decimal("0.25")
+
+
+def test_p26_a_provider_count_above_the_hold_is_charged_at_the_hold(relay):
+    """A provider reporting 1,000 tokens more than the request could use cannot push a budget past its limit."""
+    set_budget(relay, f"key:{relay.key_id}", monthly=DOLLAR * 10, api_key_id=relay.key_id)
+    relay.fake.push_fault(wrong_usage="inflated")
+    mark = relay.mark()
+    relay.openai().chat.completions.create(model="pricey-test", max_tokens=10,
+                                           messages=[{"role": "user", "content": "hi"}])
+    [row] = relay.new_rows(mark)
+    assert row.input_tokens > 1000  # the provider's (inflated) count is kept as reported...
+    spent, reserved = counter(relay, f"key:{relay.key_id}")
+    assert reserved == 0 and spent == to_units(row.cost_usd)
+    body_bytes = len(relay.fake.requests[-1].raw)  # ~ what the relay held for: bytes in, 10 tokens out
+    assert to_units(row.cost_usd) < to_units(Decimal(1250 * (body_bytes + 200) + 4000 * 10) / 1_000_000)
+
+
+@pytest.mark.promise("P42")
+def test_p42_alerts_fire_once_each_at_50_80_and_100_percent_under_concurrency(relay):
+    from app.models import BudgetAlert, OutboxMessage
+    from app.services import billing_mail
+    set_budget(relay, f"key:{relay.key_id}", monthly=DOLLAR * 5 // 2, api_key_id=relay.key_id,
+               user_id=relay.user_id)
+    with relay.app.app_context():
+        first_mail = db.session.scalar(sa.select(sa.func.max(OutboxMessage.id))) or 0
+    oai = relay.openai()
+
+    def one(_):
+        try:
+            oai.chat.completions.create(model="pricey-test", max_tokens=5,
+                                        messages=[{"role": "user", "content": "w w w w w w"}])
+            return "ok"
+        except openai.APIStatusError as exc:
+            return exc.status_code
+
+    for _ in range(12):  # waves, so the spend climbs past each threshold while requests race
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(one, range(8)))
+        relay.app.extensions["meter"].flush(10)
+    with relay.app.app_context():
+        billing_mail.send_alerts()  # a second pass (as the job runs it) sends nothing again
+        alerts = db.session.scalars(sa.select(BudgetAlert).where(BudgetAlert.target == f"key:{relay.key_id}")).all()
+        mails = db.session.scalars(sa.select(OutboxMessage.subject).where(
+            OutboxMessage.kind == "billing:alert:monthly", OutboxMessage.id > first_mail)).all()
+    assert sorted(a.threshold for a in alerts) == [50, 80, 100]
+    assert all(a.notified_at is not None for a in alerts)
+    assert sorted(mails) == sorted(["50% of a budget used: the API key “default”",
+                                    "80% of a budget used: the API key “default”",
+                                    "Budget reached: the API key “default”"])

@@ -171,7 +171,8 @@ def test_models_list_and_retrieve(relay):
     mark = relay.mark()
     client = relay.openai()
     ids = sorted(m.id for m in client.models.list())
-    assert ids == ["claude-test", "embed-test", "fallback-test", "free-test", "gpt-test", "pricey-claude", "pricey-test"]
+    assert ids == ["claude-test", "embed-test", "fallback-test", "free-test", "gpt-test", "pricey-claude",
+                   "pricey-test"]
     model = client.models.retrieve("gpt-test")
     assert model.id == "gpt-test" and model.object == "model"
     with pytest.raises(openai.NotFoundError):
