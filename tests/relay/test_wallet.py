@@ -271,3 +271,48 @@ def test_p40_no_card_number_reaches_a_column_or_a_log(paid, stripe_fake, caplog,
     if database_url.startswith("sqlite:///"):
         raw = open(database_url[len("sqlite:///"):], "rb").read()
         assert b"4242424242424242" not in raw and b"5555555555554444" not in raw
+
+
+def _call(relay, api: str, stream: bool):
+    text = "the same five words here"
+    if api == "chat":
+        out = relay.openai().chat.completions.create(model="gpt-test", stream=stream, max_tokens=50,
+                                                      messages=[{"role": "user", "content": text}])
+    elif api == "chat-via-claude":
+        out = relay.openai().chat.completions.create(model="claude-test", stream=stream, max_tokens=50,
+                                                      messages=[{"role": "user", "content": text}])
+    elif api == "messages":
+        out = relay.anthropic().messages.create(model="claude-test", stream=stream, max_tokens=50,
+                                                messages=[{"role": "user", "content": text}])
+    else:
+        out = relay.openai().responses.create(model="gpt-test", stream=stream, max_output_tokens=50, input=text)
+    if stream:
+        list(out)
+
+
+@pytest.mark.promise("P41")
+@pytest.mark.parametrize("api", ["chat", "chat-via-claude", "messages", "responses"])
+def test_p41_streamed_and_whole_answers_of_the_same_tokens_are_charged_the_same(paid, stripe_fake, api):
+    """Golden: for each provider shape, with prompt-cache reads and writes
+    reported, the streamed call and the whole one give the same tokens, the
+    same cost and the same ledger charge."""
+    if balance(paid) < to_units(5):
+        top_up(paid, stripe_fake, 20)
+        stripe_fake.drain(10)
+    paid.fake.set_default_fault(cached_tokens=3, cache_creation_tokens=2)
+    try:
+        mark = paid.mark()
+        _call(paid, api, stream=False)
+        _call(paid, api, stream=True)
+        whole, streamed = paid.new_rows(mark, 2)
+    finally:
+        paid.fake.set_default_fault()
+    assert whole.usage_source == streamed.usage_source == "provider"
+    tokens = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+    assert [getattr(whole, t) for t in tokens] == [getattr(streamed, t) for t in tokens]
+    assert whole.cache_read_tokens == 3 and whole.output_tokens > 0
+    if api != "chat":  # OpenAI chat reports no cache writes; the others do
+        assert whole.cache_write_tokens == 2
+    assert whole.cost_usd == streamed.cost_usd > 0
+    charges = {e.reference: e.amount_units for e in entries(paid, "charge")}
+    assert charges[whole.request_id] == charges[streamed.request_id] == -to_units(whole.cost_usd)
