@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from decimal import Decimal
 
 import sqlalchemy as sa
@@ -38,6 +39,7 @@ from app.models import LedgerEntry, StripeEvent, Wallet
 from app.services import ServiceError, audit, billing_mail, wallets
 
 log = logging.getLogger(__name__)
+EVENT_ID = re.compile(r"evt_[A-Za-z0-9_]{1,250}")
 CENT_UNITS = 1_000_000  # 10⁻⁸ USD units in one cent
 BRANDS = {"visa": "Visa", "mastercard": "Mastercard", "amex": "American Express", "discover": "Discover",
           "diners": "Diners Club", "jcb": "JCB", "unionpay": "UnionPay"}
@@ -138,7 +140,7 @@ def handle_webhook(payload: bytes, signature: str | None) -> tuple[int, str]:
             or not isinstance(event["data"].get("object"), dict):
         return 400, "bad event"
     event_id, kind = event.get("id"), event.get("type")
-    if not isinstance(event_id, str) or not event_id.startswith("evt_") or len(event_id) > 255:
+    if not isinstance(event_id, str) or not EVENT_ID.fullmatch(event_id) or not isinstance(kind, str):
         return 400, "bad event"
     if db.session.get(StripeEvent, event_id) is not None:
         return 200, "already handled"
@@ -169,8 +171,8 @@ class _Retry(Exception):
     """Stripe could not be asked about the event now; answering non-2xx makes it retry."""
 
 
-def _wallet_of(metadata, fallback_ref: str | None = None) -> Wallet | None:
-    ref = (metadata or {}).get("wallet") or fallback_ref
+def _wallet_of(metadata, fallback_ref=None) -> Wallet | None:
+    ref = (metadata if isinstance(metadata, dict) else {}).get("wallet") or fallback_ref
     return wallets.by_ref(ref) if isinstance(ref, str) else None
 
 
