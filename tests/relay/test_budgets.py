@@ -251,3 +251,49 @@ def test_p42_alerts_fire_once_each_at_50_80_and_100_percent_under_concurrency(re
     assert sorted(mails) == sorted(["50% of a budget used: the API key “default”",
                                     "80% of a budget used: the API key “default”",
                                     "Budget reached: the API key “default”"])
+
+
+@pytest.mark.promise("P42")
+def test_p42_a_team_budget_alerts_its_owners_and_admins_and_a_member_budget_the_member_too(relay):
+    from app.models import OutboxMessage
+    from app.services.passwords import hash_password
+    with relay.app.app_context(), relay.app.test_request_context():
+        people = {}
+        for role in ("admin", "member"):
+            u = User(email=f"{role}-{relay.key_id}@example.com", email_key=f"{role}-{relay.key_id}@example.com",
+                     password_hash=hash_password("x" * 12), age_confirmed_at=utcnow(), email_verified_at=utcnow())
+            db.session.add(u)
+            db.session.flush()
+            people[role] = u
+        team = Team(name="Alerted", slug=f"alerted-{relay.key_id}")
+        db.session.add(team)
+        db.session.flush()
+        db.session.add_all([TeamMember(team_id=team.id, user_id=relay.user_id, role="owner"),
+                            TeamMember(team_id=team.id, user_id=people["admin"].id, role="admin"),
+                            TeamMember(team_id=team.id, user_id=people["member"].id, role="member")])
+        team.members_make_keys = True
+        db.session.flush()
+        _, raw = key_service.create(people["member"], "member key", team_id=team.id)
+        db.session.commit()
+        team_id, member_id = team.id, people["member"].id
+        owner_email = db.session.get(User, relay.user_id).email
+        first_mail = db.session.scalar(sa.select(sa.func.max(OutboxMessage.id))) or 0
+    set_budget(relay, f"team:{team_id}", monthly=DOLLAR * 100, team_id=team_id)
+    set_budget(relay, f"member:{team_id}:{member_id}", monthly=DOLLAR * 100, team_id=team_id, user_id=member_id)
+    with relay.app.app_context():  # as if most of both budgets were spent already this month
+        for target in (f"team:{team_id}", f"member:{team_id}:{member_id}"):
+            db.session.add(SpendCounter(target=target, period=spend.month_of(utcnow()),
+                                        spent_units=DOLLAR * 50 - 1, reserved_units=0))
+        db.session.commit()
+    relay.openai(raw).chat.completions.create(model="pricey-test", max_tokens=50,
+                                              messages=[{"role": "user", "content": "a b c d e f g h"}])
+    assert relay.app.extensions["meter"].flush(10)
+    with relay.app.app_context():
+        sent = db.session.execute(sa.select(OutboxMessage.to_addr, OutboxMessage.subject).where(
+            OutboxMessage.id > first_mail, OutboxMessage.kind == "billing:alert:monthly")).all()
+    team_mail = sorted(to for to, subject in sent if "the team “Alerted”" in subject and "member" not in to
+                       and "part" not in subject)
+    member_mail = sorted(to for to, subject in sent if "part of the team" in subject)
+    assert team_mail == sorted([owner_email, f"admin-{relay.key_id}@example.com"])
+    assert member_mail == sorted([owner_email, f"admin-{relay.key_id}@example.com",
+                                  f"member-{relay.key_id}@example.com"])

@@ -316,3 +316,37 @@ def test_p41_streamed_and_whole_answers_of_the_same_tokens_are_charged_the_same(
     assert whole.cost_usd == streamed.cost_usd > 0
     charges = {e.reference: e.amount_units for e in entries(paid, "charge")}
     assert charges[whole.request_id] == charges[streamed.request_id] == -to_units(whole.cost_usd)
+
+
+@pytest.mark.promise("P42")
+def test_p42_low_balance_alert_once_per_top_up(paid, stripe_fake):
+    from app.models import BudgetAlert
+    if balance(paid) < to_units(1):
+        top_up(paid, stripe_fake, 5)
+        stripe_fake.drain(10)
+    with paid.app.app_context():
+        w = db.session.scalar(sa.select(Wallet).where(Wallet.user_id == paid.user_id))
+        w.low_balance_units = w.balance_units + to_units(100)  # already "low": the next charge alerts
+        db.session.commit()
+        first_mail = db.session.scalar(sa.select(sa.func.max(OutboxMessage.id))) or 0
+    oai = paid.openai()
+    for _ in range(3):
+        oai.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "hi"}])
+        assert paid.app.extensions["meter"].flush(10)
+    with paid.app.app_context():
+        lows = db.session.scalars(sa.select(BudgetAlert).where(BudgetAlert.kind == "low_balance")).all()
+        mails = db.session.scalars(sa.select(OutboxMessage.subject).where(
+            OutboxMessage.id > first_mail, OutboxMessage.kind == "billing:alert:low_balance")).all()
+    assert len([a for a in lows if a.notified_at is not None]) == len(lows) >= 1
+    assert mails == ["Your prepaid balance is running low"]  # once, not once per charge
+    top_up(paid, stripe_fake, 5)  # a top-up re-arms it
+    stripe_fake.drain(10)
+    oai.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "hi"}])
+    assert paid.app.extensions["meter"].flush(10)
+    with paid.app.app_context():
+        mails = db.session.scalars(sa.select(OutboxMessage.subject).where(
+            OutboxMessage.id > first_mail, OutboxMessage.kind == "billing:alert:low_balance")).all()
+        w = db.session.scalar(sa.select(Wallet).where(Wallet.user_id == paid.user_id))
+        w.low_balance_units = to_units(5)
+        db.session.commit()
+    assert len(mails) == 2
