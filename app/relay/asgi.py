@@ -27,7 +27,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from app.logsafe import where
-from app.relay import aupstream, deliver, pipeline
+from app.relay import aupstream, budget, deliver, pipeline
 from app.relay.call import Call, Refusal
 from app.relay.failover import Failover
 from app.relay.routes import _EXACT, MODEL_ENDPOINTS, URLS, status_error
@@ -164,6 +164,8 @@ class App:
         try:
             for stage in pipeline.STAGES:
                 stage(call)
+            if call.hold_wanted:
+                await asyncio.to_thread(budget.hold, call)
             answer = await failover(call)
             resp = answer.resp
             if resp.status >= 400:

@@ -26,6 +26,7 @@ IMAGE_TOKENS = 2_000  # more than either provider counts for one image at its la
 
 
 def admit(call: Call) -> None:
+    """Which limits apply and the most the request can cost (no I/O: `hold` takes it)."""
     if not call.metered:
         return
     key, ext = call.key, call.req.environ["relay.extensions"]
@@ -46,11 +47,18 @@ def admit(call: Call) -> None:
         call.body[call.shape.output_fields[0]] = cap
     call.output_cap = cap
     most = to_units(model.price.most(call.body_bytes + IMAGE_TOKENS * call.images, cap))
-    wallet_id = key.wallet_id if prepaid else None
-    over = spend.reserve(ext["relay_engine"], call.request_id, limits, wallet_id, most, call.started)
+    call.hold_wanted = (limits, key.wallet_id if prepaid else None, most)
+
+
+def hold(call: Call) -> None:
+    """Take the hold `admit` worked out (a database transaction: the ASGI transport
+    runs it on a thread, so a SQLite write lock never stalls the event loop)."""
+    limits, wallet_id, most = call.hold_wanted
+    over = spend.reserve(call.req.environ["relay.extensions"]["relay_engine"], call.request_id, limits, wallet_id,
+                         most, call.started)
     if over is not None:
-        raise Refusal(402, _message(over, most, call), family.billing_type, error_class=over.error_class)
-    call.hold = (limits, wallet_id, most)
+        raise Refusal(402, _message(over, most, call), call.shape.family.billing_type, error_class=over.error_class)
+    call.hold = call.hold_wanted
 
 
 def settled(call: Call) -> None:
@@ -63,8 +71,8 @@ def settled(call: Call) -> None:
     cost = to_units(call.cost)
     if cost > most:
         call.cost, cost = to_usd(most), most
-    spend.settled(call.req.environ["relay.extensions"]["relay_engine"], call.request_id, limits, wallet_id, most,
-                  cost)
+    spend.settle_later(call.req.environ["relay.extensions"]["relay_engine"], call.request_id, limits, wallet_id,
+                       most, cost)
 
 
 def _message(over: spend.Over, most: int, call: Call) -> str:

@@ -71,7 +71,9 @@ class Call:
     error_class: str | None = None
     trace: list[dict] = field(default_factory=list)
     output_cap: int | None = None  # the most output tokens a budget hold allowed for
-    hold: tuple | None = field(default=None, repr=False)  # (limits, wallet id, units) held (app/relay/budget.py)
+    # (limits, wallet id, units) a budget wants held, and once it is held (app/relay/budget.py)
+    hold_wanted: tuple | None = field(default=None, repr=False)
+    hold: tuple | None = field(default=None, repr=False)
     settled: bool = False
 
     @property

@@ -144,6 +144,8 @@ def run(req: Request, shape: Shape) -> Response:
     try:
         for stage in STAGES:
             stage(call)
+        if call.hold_wanted:
+            budget.hold(call)
         answer = failover(call)
         if answer.resp.status >= 400:
             raise deliver.refused_by_provider(call, answer)

@@ -33,6 +33,7 @@ import os
 import secrets
 import socket
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -189,6 +190,29 @@ _SHRINK = sa.text("UPDATE budget_reservations SET amount_units = :cost WHERE req
 _SHRINK_COUNTER = sa.text("UPDATE spend_counters SET reserved_units = reserved_units - :d "
                           "WHERE target = :t AND period = :p")
 _SHRINK_WALLET = sa.text("UPDATE wallets SET reserved_units = reserved_units - :d WHERE id = :w")
+
+
+class _Later:
+    """A small thread pool of this process (made after any fork) for `settle_later`."""
+
+    def __init__(self):
+        self.pid, self.pool = None, None
+
+    def submit(self, fn, *args) -> None:
+        if self.pid != os.getpid():
+            self.pid, self.pool = os.getpid(), ThreadPoolExecutor(2, thread_name_prefix="budget-settle")
+        self.pool.submit(fn, *args)
+
+
+_LATER = _Later()
+
+
+def settle_later(engine, request_id: str, limits: list[Limit], wallet_id: int | None, held: int, cost: int) -> None:
+    """`settled`, off the request's thread (or event loop): the client's last
+    byte never waits for it, and in whichever order it and the usage writer
+    run, the hold is given back exactly once."""
+    HOLDS.live.discard(request_id)
+    _LATER.submit(settled, engine, request_id, limits, wallet_id, held, cost)
 
 
 def settled(engine, request_id: str, limits: list[Limit], wallet_id: int | None, held: int, cost: int) -> None:
