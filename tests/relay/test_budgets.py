@@ -70,6 +70,7 @@ def _no_budgets(relay):
     clear_budgets(relay)
 
 
+@pytest.mark.promise("P26")
 def test_p26_key_budget_refuses_with_402_naming_the_limit_and_is_never_forwarded(relay):
     oai = relay.openai()
     set_budget(relay, f"key:{relay.key_id}", monthly=DOLLAR, api_key_id=relay.key_id,
@@ -109,6 +110,7 @@ def _baseline(relay, _no_budgets):
     _BASE[relay.key_id] = spent_in_rows(relay, api_key_id=relay.key_id, status_code=200)
 
 
+@pytest.mark.promise("P26")
 def test_p26_anthropic_client_gets_its_own_error_shape(relay):
     set_budget(relay, f"key:{relay.key_id}", total=1, api_key_id=relay.key_id)  # 10^-8 USD: nothing fits
     with pytest.raises(anthropic.APIStatusError) as refused:
@@ -121,6 +123,7 @@ def test_p26_anthropic_client_gets_its_own_error_shape(relay):
     assert relay.fake.requests == []
 
 
+@pytest.mark.promise("P26")
 def test_p26_model_without_price_cannot_be_used_where_a_limit_applies(relay):
     oai = relay.openai()
     oai.chat.completions.create(model="free-test", messages=[{"role": "user", "content": "hi"}])  # no limit: fine
@@ -130,6 +133,7 @@ def test_p26_model_without_price_cannot_be_used_where_a_limit_applies(relay):
     assert "has no price" in refused.value.response.json()["error"]["message"]
 
 
+@pytest.mark.promise("P26")
 def test_p26_no_cap_from_the_client_means_the_models_cap_is_sent(relay):
     set_budget(relay, f"key:{relay.key_id}", monthly=DOLLAR * 100, api_key_id=relay.key_id)
     relay.openai().chat.completions.create(model="pricey-test", messages=[{"role": "user", "content": "hi"}])
@@ -142,6 +146,7 @@ def test_p26_no_cap_from_the_client_means_the_models_cap_is_sent(relay):
     assert "max_completion_tokens" not in relay.fake.requests[-1].body
 
 
+@pytest.mark.promise("P26")
 def test_p26_keys_without_budgets_are_not_capped(relay):
     relay.openai().chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "hi"}])
     assert "max_completion_tokens" not in relay.fake.requests[-1].body
@@ -164,6 +169,7 @@ def _team_with_key(relay) -> tuple[int, int, str]:
         return team.id, k.id, raw
 
 
+@pytest.mark.promise("P26")
 def test_p26_64_concurrent_streams_never_overspend_a_shared_budget(relay):
     """A $1.00 budget on the key, its member and its team at once: whatever the
     interleaving, the settled spend of each stays within $1.00."""
@@ -204,6 +210,7 @@ def test_p26_64_concurrent_streams_never_overspend_a_shared_budget(relay):
     assert to_usd(rows_spend) > Decimal("0.25")
 
 
+@pytest.mark.promise("P26")
 def test_p26_a_provider_count_above_the_hold_is_charged_at_the_hold(relay):
     """A provider reporting 1,000 tokens more than the request could use cannot push a budget past its limit."""
     set_budget(relay, f"key:{relay.key_id}", monthly=DOLLAR * 10, api_key_id=relay.key_id)
