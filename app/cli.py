@@ -1,9 +1,10 @@
-"""flask commands: users, audit, mail, jobs, policy, usage, settings."""
+"""flask commands: users, audit, mail, jobs, policy, usage, billing, settings."""
 from __future__ import annotations
 
 import sys
 
 import click
+import sqlalchemy as sa
 from flask import Flask, current_app
 
 from app.extensions import db
@@ -119,6 +120,67 @@ def register(app: Flask) -> None:
         n = rollups.rebuild(db.session)
         db.session.commit()
         click.echo(f"recounted {n:,} usage rows into the analytics totals")
+
+    @app.cli.group()
+    def billing():
+        """Wallets and their ledger (P41), budget holds (P26)."""
+
+    @billing.command("verify")
+    def billing_verify():
+        """Check every wallet's balance against its ledger, and what wallets and
+        budget counters hold against the holds of requests in flight."""
+        from app.models import LedgerEntry, Wallet
+        from app.models.billing import to_usd
+        from app.services import wallets
+
+        drifts = wallets.verify()
+        n_wallets = db.session.scalar(sa.select(sa.func.count()).select_from(Wallet)) or 0
+        n_entries = db.session.scalar(sa.select(sa.func.count()).select_from(LedgerEntry)) or 0
+        checked = f"{n_wallets:,} wallet{'s' if n_wallets != 1 else ''}, {n_entries:,} ledger " \
+                  f"entr{'ies' if n_entries != 1 else 'y'} checked."
+        if not drifts:
+            click.echo(f"No drift: {checked}")
+            return
+        for d in drifts:
+            click.echo(f"DRIFT {d.what}: cached {to_usd(d.cached):f} USD, derived {to_usd(d.derived):f} USD")
+        click.echo(f"{len(drifts)} drift{'s' if len(drifts) != 1 else ''} found: {checked}")
+        sys.exit(1)
+
+    @billing.command("adjust")
+    @click.option("--wallet", "anon_ref", required=True, help="The wallet's anonymous id (w_…).")
+    @click.option("--amount", required=True, help="Dollars, in cents at most: 5, -2.50.")
+    @click.option("--reason", required=True, help="Why; 5 to 200 characters, shown to the wallet's owners.")
+    @click.option("--staff", "staff_email", required=True, help="The address of the staff account acting.")
+    def billing_adjust(anon_ref, amount, reason, staff_email):
+        """Post a correcting entry to a wallet's ledger, audited as the staff member's."""
+        from app.services import ServiceError, wallets
+        from app.services.accounts import find_by_email
+
+        staff = find_by_email(staff_email)
+        if staff is None or not staff.is_staff:
+            raise click.ClickException(f"no staff account with the address {staff_email}")
+        wallet = wallets.by_ref(anon_ref.strip())
+        if wallet is None:
+            raise click.ClickException(f"no wallet {anon_ref}")
+        try:
+            entry = wallets.adjust(staff, wallet, amount, reason)
+        except ServiceError as exc:
+            db.session.rollback()
+            raise click.ClickException(str(exc)) from None
+        db.session.commit()
+        db.session.refresh(wallet)
+        click.echo(f"wallet {wallet.anon_ref}: adjustment #{entry.id} of {entry.amount} USD; "
+                   f"balance now {wallet.balance} USD")
+
+    @billing.command("sweep")
+    def billing_sweep():
+        """Give back now the budget holds of requests whose process stopped
+        renewing them (the web processes and the job do it on their own)."""
+        from app.models.types import utcnow
+        from app.services import spend
+
+        n = spend.sweep(db.engine, utcnow(), current_app.config["RESERVATION_TIMEOUT_SECONDS"])
+        click.echo(f"released {n} stale hold{'s' if n != 1 else ''}")
 
     @app.cli.command("settings")
     def settings_table():

@@ -1,5 +1,9 @@
 """The one scheduled job (P60): retention, due deletions, expired exports,
-sent mail and ended sessions, and the mailing about a material policy change (P62).
+sent mail and ended sessions, billing records past their years (never the
+ledger), and the mailing about a material policy change (P62). It also does
+what the web processes do in passing, so a deployment whose processes are idle
+still catches up: stale budget holds are given back and unsent budget alerts
+are mailed (P26, P42).
 
 `run_all` is the entry point for `flask jobs run` (cron) and for the
 in-process scheduler thread. It takes a named lease in `job_locks` with one
@@ -8,7 +12,8 @@ never overlap: the second returns {"skipped": "locked"}. Every step is
 idempotent, so a run cut short is finished by the next one.
 
 `now` moves the retention clock (tests use a controlled one); the lease
-itself runs on real time, because it guards against real processes.
+itself runs on real time, because it guards against real processes, and so
+do the budget holds (a hold is stale when its process stopped renewing it).
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from flask import Flask, current_app
 from sqlalchemy.exc import IntegrityError
 
 from app.extensions import db
-from app.models import AuditCheckpoint, AuditEvent, JobLock, UsageDaily, UsageRecord, UserSession
+from app.models import AuditCheckpoint, AuditEvent, JobLock, StripeEvent, UsageDaily, UsageRecord, UserSession
 from app.models.types import utcnow
 from app.services import policy
 from app.services.dates import add_months
@@ -195,11 +200,34 @@ def prune_sessions(now: datetime) -> int:
 
 
 def keep_billing(now: datetime) -> int:
-    """Billing records are kept BILLING_RETENTION_YEARS years and the wallet
-    ledger forever (P41, P60). No billing table exists yet, so nothing is
-    due; when one does, delete its rows older than the window here, never the
-    ledger's."""
-    return 0
+    """Billing records are kept BILLING_RETENTION_YEARS years (P60): the ids of
+    the Stripe events we handled go after that, counted from the day each
+    arrived. The wallet ledger is kept indefinitely (P41) and is never touched
+    here (the database refuses it anyway); neither are the wallets, which an
+    erased account's ledger stays tied to by their anonymous id."""
+    years = policy.enforced("BILLING_RETENTION_YEARS", now)
+    cutoff = _midnight(add_months(now.date(), -12 * years))
+    n = db.session.execute(sa.delete(StripeEvent).where(StripeEvent.received_at < cutoff)
+                           .execution_options(synchronize_session=False)).rowcount
+    db.session.commit()
+    return n
+
+
+def release_stale_holds(now: datetime) -> int:
+    """Give back the budget holds of requests whose process stopped renewing
+    them (killed mid-request), as each web process's sweeper does (P26). On
+    real time, not the retention clock: a hold is stale by the wall clock."""
+    from app.services import spend
+
+    return spend.sweep(db.engine, utcnow(), current_app.config["RESERVATION_TIMEOUT_SECONDS"])
+
+
+def queue_budget_alerts(now: datetime) -> int:
+    """Queue the mail of every budget and low-balance alert not yet mailed (P42);
+    the usage writer does it after each batch, this catches what a crash left."""
+    from app.services import billing_mail
+
+    return billing_mail.send_alerts()
 
 
 def prune_invitations(now: datetime) -> int:
@@ -233,6 +261,7 @@ def _steps():
             ("audit_pruned", g["prune_audit"]), ("accounts_erased", g["erase_deletions"]),
             ("exports_purged", g["purge_exports"]), ("mail_pruned", g["prune_mail"]),
             ("sessions_pruned", g["prune_sessions"]), ("billing_pruned", g["keep_billing"]),
+            ("holds_released", g["release_stale_holds"]), ("budget_alerts_queued", g["queue_budget_alerts"]),
             ("invitations_pruned", g["prune_invitations"]),
             ("policy_notices_queued", g["queue_policy_notices"])]
 

@@ -19,8 +19,10 @@ from app.extensions import db
 from app.models import (
     ApiKey,
     AuditEvent,
+    Budget,
     ConsentEvent,
     DataExport,
+    LedgerEntry,
     OutboxMessage,
     PolicyAcceptance,
     PrivacyRequest,
@@ -30,6 +32,7 @@ from app.models import (
     UsageRecord,
     User,
     UserSession,
+    Wallet,
 )
 from app.services import policy
 from app.services.dates import add_months
@@ -172,10 +175,31 @@ def inventory(user: User) -> list[Category]:
         deleted_on=_day(first_event + timedelta(days=audit_days)) if first_event else None,
         rule=f"each event {audit_days} days after it happened"))
 
-    out.append(Category(
-        "billing", "Billing records", "Invoices and payments.", 0, facts=["No billing records"],
-        rule=f"billing records are kept {billing_years} years, as the law requires, even after deletion"))
+    out.append(_billing(user, billing_years))
     return out
+
+
+def _billing(user: User, billing_years: int) -> Category:
+    """The personal wallet and its ledger (a team's wallet is the team's)."""
+    rule = (f"the ledger is kept indefinitely and the other billing records {billing_years} years, as the law "
+            "requires; after you delete your account, both are tied only to an anonymous id, no longer to you. "
+            "Budgets go with your account")
+    wallet = db.session.scalar(sa.select(Wallet).where(Wallet.user_id == user.id, Wallet.team_id.is_(None)))
+    budgets = _count(Budget, Budget.user_id == user.id)
+    limits = [_plural(budgets, "budget")] if budgets else []
+    if wallet is None:
+        return Category("billing", "Billing records", "Your prepaid wallet and its ledger, and your budgets.", 0,
+                        facts=["No billing records", *limits], rule=rule)
+    entries = _count(LedgerEntry, LedgerEntry.wallet_id == wallet.id)
+    return Category(
+        "billing", "Billing records",
+        "Your prepaid wallet: its balance, the display form of the card you paid with (never its number), your "
+        "customer id at Stripe, and the ledger of every top-up, charge, refund and adjustment; your budgets.",
+        entries,
+        facts=[f"{entries:,} ledger {'entry' if entries == 1 else 'entries'}", f"Balance ${wallet.balance:,.2f}",
+               f"Card: {wallet.payment_method} (display form only)" if wallet.payment_method
+               else "No card details stored", f"Anonymous id: {wallet.anon_ref}", *limits],
+        rule=rule)
 
 
 # ---- who looked at my data (P55) -------------------------------------------------------
@@ -196,6 +220,7 @@ EVENT_LABELS = {
     "privacy:request:restriction_lifted": "Lifted the restriction on your account",
     "privacy:export:requested": "Prepared an export of your data",
     "privacy:deletion:requested": "Scheduled the deletion of your account",
+    "billing:adjusted": "Adjusted your prepaid balance",
 }
 
 
@@ -218,6 +243,8 @@ def _describe(row: AuditEvent) -> AccessEntry:
         parts.append(str(details["what"])[:200])
     if details.get("request"):
         parts.append(f"request #{details['request']}")
+    if row.event == "billing:adjusted" and details.get("amount"):
+        parts.append(f"{str(details['amount'])[:20]} USD")
     return AccessEntry(row.created_at, row.actor_id, label, ", ".join(parts) or None)
 
 

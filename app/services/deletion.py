@@ -5,10 +5,15 @@ A request takes effect at once (sessions ended, keys revoked, sign-in
 blocked) but erases nothing until the grace period (DELETION_GRACE_DAYS) has
 passed, so a person who changes their mind, or whose account was hijacked,
 can keep it with the link in the receipt. Erasure keeps only what the law or
-the integrity of other records needs: billing records (none exist yet),
-usage rows and daily aggregates without anything that points at the person,
-the audit trail (plain ids), and the delivery times of security and policy
-notices that went out (no address). The account's mail goes with it.
+the integrity of other records needs: the personal prepaid wallet and its
+ledger (P41: kept indefinitely; the wallet loses `user_id` and is known only
+by its anonymous `anon_ref` from then on, with its balance), the other
+billing records for BILLING_RETENTION_YEARS (Stripe's event ids, which name
+no one), usage rows and daily aggregates without anything that points at the
+person, the audit trail (plain ids), and the delivery times of security and
+policy notices that went out (no address). The account's mail goes with it,
+and so do its budgets, their alerts and its spend counters. A team's wallet
+is the team's, and stays as it is.
 
 Every function takes `now` for a controlled clock and, like the other
 services, leaves the commit to the caller, except `erase_due`, which is the
@@ -28,6 +33,9 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from app.extensions import db
 from app.models import (
     ApiKey,
+    Budget,
+    BudgetAlert,
+    BudgetReservation,
     ConsentEvent,
     DataExport,
     IncidentNotice,
@@ -37,13 +45,15 @@ from app.models import (
     PolicyNotice,
     PrivacyRequest,
     RecoveryCode,
+    SpendCounter,
     UsageDaily,
     UsageRecord,
     User,
     UserSession,
+    Wallet,
 )
 from app.models.types import utcnow
-from app.services import ServiceError, keys, mail, policy, rollups, teams
+from app.services import ServiceError, keys, mail, policy, rollups, spend, teams
 from app.services import privacy as privacy_core
 from app.services.audit import record_event
 from app.services.crypto import token_hash
@@ -269,11 +279,60 @@ def _forget_mail(user_id: int) -> int:
     return mail.forget_account(user_id)
 
 
+def _keep_wallet(user_id: int) -> int:
+    """The personal wallet stays, with its balance and its ledger (which the
+    database would not let us delete anyway, P41), tied from now on only to its
+    anonymous reference. Explicit: SQLite does not run ON DELETE SET NULL here.
+    A team's wallet has no user_id and is not touched."""
+    return db.session.execute(sa.update(Wallet).where(Wallet.user_id == user_id, Wallet.team_id.is_(None))
+                              .values(user_id=None).execution_options(synchronize_session=False)).rowcount
+
+
+def _forget_budgets(user_id: int, key_ids: list[int]) -> dict[str, int]:
+    """The person's budgets and alerts go, and so do the spend counters of their
+    account, their keys and their part of each team: each counter is this
+    person's spend per month, the same fact erasure takes out of the usage rows
+    (a counter keyed by their id would tie it to them again through any record
+    that still names that id). A team's own counters (team:<id>) stay, so its
+    budgets keep counting. Holds of requests still naming those counters (only
+    a process that died mid-request leaves one) are given back first, so the
+    counters and wallets they reserved stay in step (`flask billing verify`)."""
+    own = [f"account:{user_id}", *(f"key:{k}" for k in key_ids)]
+
+    def of_person(target):
+        return sa.or_(target.in_(own), sa.and_(target.like("member:%"), target.like(f"%:{user_id}")))
+
+    names = set(own)
+    member_suffix = f":{user_id}"
+    stale = [request_id for request_id, counters in db.session.execute(
+        sa.select(BudgetReservation.request_id, BudgetReservation.counters))
+        if any(t in names or (t.startswith("member:") and t.endswith(member_suffix))
+               for t in (c.split("|", 1)[0] for c in filter(None, (counters or "").split(","))))]
+    if stale:
+        conn = db.session.connection()
+        spend.release(conn, conn.execute(sa.delete(BudgetReservation).where(BudgetReservation.request_id.in_(stale))
+                                         .returning(BudgetReservation.amount_units, BudgetReservation.counters,
+                                                    BudgetReservation.wallet_id)).all())
+    wallet_ids = list(db.session.scalars(sa.select(Wallet.id).where(Wallet.user_id == user_id)))
+    alerts = db.session.execute(sa.delete(BudgetAlert).where(sa.or_(
+        BudgetAlert.user_id == user_id, of_person(BudgetAlert.target),
+        BudgetAlert.target.in_([f"wallet:{w}" for w in wallet_ids])))
+        .execution_options(synchronize_session=False)).rowcount
+    budgets = db.session.execute(sa.delete(Budget).where(sa.or_(
+        Budget.user_id == user_id, Budget.api_key_id.in_(key_ids),
+        of_person(Budget.target))).execution_options(synchronize_session=False)).rowcount
+    counters = db.session.execute(sa.delete(SpendCounter).where(of_person(SpendCounter.target))
+                                  .execution_options(synchronize_session=False)).rowcount
+    return {"budgets": budgets, "budget_alerts": alerts, "spend_counters": counters, "holds_released": len(stale)}
+
+
 def erase(user_id: int, now: datetime | None = None) -> bool:
     """Erase an account: its row and every personal row hanging from it go,
     usage rows and aggregates lose everything that points at the person but
-    keep their counts and cost, the audit log keeps its plain ids. Returns
-    False when there is nothing left to do, so running it twice is harmless."""
+    keep their counts and cost, the personal wallet and its ledger stay under
+    the wallet's anonymous reference only (same entries, same balance), the
+    audit log keeps its plain ids. Returns False when there is nothing left to
+    do, so running it twice is harmless."""
     now = now or utcnow()
     user = db.session.get(User, user_id)
     req = open_deletion(user_id)
@@ -285,6 +344,8 @@ def erase(user_id: int, now: datetime | None = None) -> bool:
         "daily_rows": _anonymize(UsageDaily, user_id, key_ids),
     }
     rollups.forget_user(db.session, user_id, key_ids)
+    counts.update(_forget_budgets(user_id, key_ids))  # before the wallet loses its user_id (its alerts)
+    counts["wallets_kept"] = _keep_wallet(user_id)
     if user is not None:
         teams.forget_user(user_id, user.email_key)
     if user is not None:
@@ -296,9 +357,11 @@ def erase(user_id: int, now: datetime | None = None) -> bool:
             # Closed while the address still exists, so the closing mail reaches it.
             privacy_core.close(req, None, "done", (
                 f"Your account was erased on {now:%Y-%m-%d}. We kept only what the law or the integrity of "
-                f"other records requires: billing records ({policy.enforced('BILLING_RETENTION_YEARS')} "
-                "years; we take no payments yet, so there were none), usage totals that no longer point at "
-                "you (a team keeps the usage of keys you made for it), and the audit trail by number only."), now=now)
+                "other records requires: the ledger of your prepaid balance (top-ups, charges, refunds and "
+                "adjustments, kept indefinitely) and the other billing records "
+                f"({policy.enforced('BILLING_RETENTION_YEARS')} years), both tied only to an anonymous id and "
+                "no longer to you; usage totals that no longer point at you (a team keeps the usage of keys "
+                "you made for it); and the audit trail by number only."), now=now)
         else:
             req.status, req.outcome, req.closed_at = "closed", "done", now
             req.outcome_reason = "The account no longer existed when the deletion ran."

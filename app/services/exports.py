@@ -38,8 +38,10 @@ from app.extensions import db
 from app.models import (
     ApiKey,
     AuditEvent,
+    Budget,
     ConsentEvent,
     DataExport,
+    LedgerEntry,
     OutboxMessage,
     PolicyAcceptance,
     PolicyVersion,
@@ -50,7 +52,9 @@ from app.models import (
     UsageRecord,
     User,
     UserSession,
+    Wallet,
 )
+from app.models.billing import to_usd
 from app.models.types import utcnow
 from app.services import ServiceError
 from app.services.audit import record_event
@@ -76,7 +80,9 @@ STATUS_LABELS = {"queued": "Waiting to start", "running": "Being prepared", "rea
 @dataclass(frozen=True)
 class Column:
     name: str
-    kind: str = "text"   # text int bool time date decimal json jsonraw (JSON text written by our own code)
+    # text int bool time date decimal json jsonraw (JSON text written by our own code)
+    # units (an integer amount of 10⁻⁸ USD, written as exact dollars)
+    kind: str = "text"
     about: str = ""
 
 
@@ -219,6 +225,43 @@ def _exports_select(uid: int) -> sa.Select:
                      e.downloaded_at.label("downloaded_at"), e.size_bytes.label("size_bytes")).where(e.user_id == uid)
 
 
+def _wallet_select(uid: int) -> sa.Select:
+    # The personal wallet only: a team's wallet is the team's, not this person's.
+    w = Wallet
+    return sa.select(w.id.label("id"), w.anon_ref.label("anon_ref"), w.payment_method.label("payment_method"),
+                     w.stripe_customer_id.label("stripe_customer_id"), w.balance_units.label("balance_usd"),
+                     w.created_at.label("created_at")).where(w.user_id == uid, w.team_id.is_(None))
+
+
+def _personal_wallet(uid: int):
+    return (sa.select(Wallet.id).where(Wallet.user_id == uid, Wallet.team_id.is_(None))
+            .scalar_subquery())
+
+
+def _ledger_where(uid: int):
+    # One wallet id, so the pages walk the (wallet_id, created_at) index.
+    return LedgerEntry.wallet_id == _personal_wallet(uid)
+
+
+def _ledger_select(uid: int) -> sa.Select:
+    e = LedgerEntry
+    return sa.select(e.id.label("id"), e.created_at.label("created_at"), e.kind.label("kind"),
+                     e.amount_units.label("amount_usd"), e.reference.label("reference"),
+                     e.memo.label("memo")).where(_ledger_where(uid))
+
+
+def _ledger_keyset() -> tuple:
+    return (LedgerEntry.created_at.label("created_at"), LedgerEntry.id.label("id"))
+
+
+def _budgets_select(uid: int) -> sa.Select:
+    b = Budget
+    return sa.select(b.id.label("id"), b.target.label("target"), b.scope.label("scope"),
+                     b.team_id.label("team_id"), b.api_key_id.label("api_key_id"),
+                     b.monthly_units.label("monthly_usd"), b.total_units.label("total_usd"),
+                     b.created_at.label("created_at"), b.updated_at.label("updated_at")).where(b.user_id == uid)
+
+
 def _audit_where(uid: int):
     return sa.or_(AuditEvent.subject_id == uid, AuditEvent.actor_id == uid)
 
@@ -301,6 +344,27 @@ def categories(uid: int) -> list[Category]:
                     Column("cache_read_tokens", "int"), Column("cache_write_tokens", "int"),
                     Column("cost_usd", "decimal")),
                  _daily_select, by_id(UsageDaily.id), _count(UsageDaily, lambda u: UsageDaily.user_id == u)),
+        Category("wallet", "Your prepaid wallet: its anonymous id (the only thing it is tied to after "
+                 "you delete your account), the display form of the card you last paid with (never its "
+                 "number), the id of your customer record at Stripe, our payment processor, its balance and "
+                 "when it was opened. A team's wallet is the team's and is not here.",
+                 _t(Column("anon_ref"), Column("payment_method"), Column("stripe_customer_id"),
+                    Column("balance_usd", "units"),
+                    Column("created_at", "time")),
+                 _wallet_select, by_id(Wallet.id),
+                 _count(Wallet, lambda u: sa.and_(Wallet.user_id == u, Wallet.team_id.is_(None)))),
+        Category("ledger", "Every movement of your wallet's money: top-ups, charges (one per request, its "
+                 "request id as reference and the model as memo), refunds and staff adjustments with "
+                 "their reason. The ledger is kept indefinitely; corrections are new entries, never edits.",
+                 _t(Column("created_at", "time"), Column("kind"), Column("amount_usd", "units"),
+                    Column("reference"), Column("memo")),
+                 _ledger_select, _ledger_keyset, _count(LedgerEntry, _ledger_where)),
+        Category("budgets", "The spending limits on your account, your keys and your part of a team: "
+                 "monthly and total amounts, and when they were set.",
+                 _t(Column("id", "int"), Column("target"), Column("scope"), Column("team_id", "int"),
+                    Column("api_key_id", "int"), Column("monthly_usd", "units"), Column("total_usd", "units"),
+                    Column("created_at", "time"), Column("updated_at", "time")),
+                 _budgets_select, by_id(Budget.id), _count(Budget, lambda u: Budget.user_id == u)),
         Category("consents", "Every consent you gave or withdrew: what, when, from where, and the "
                  "privacy policy version in force.",
                  _t(Column("id", "int"), Column("created_at", "time"), Column("purpose"),
@@ -361,8 +425,9 @@ What is not here, on purpose: your password (we keep only an Argon2id hash and
 never show it), your two-factor secret and recovery codes, your API keys
 themselves (we keep a keyed hash to recognise them and, if reveal is on, an
 encrypted copy that only a fresh sign-in opens), the tokens of sign-in cookies
-and emailed links, and the contents of requests you sent through the relay
-(we never store prompts or replies).
+and emailed links, the contents of requests you sent through the relay (we
+never store prompts or replies), and your card's number (it never reaches us:
+Stripe's own page takes it, and we keep only its display form).
 
 Questions, or anything missing: write to {contact}.
 """
@@ -408,6 +473,12 @@ def _date(v):
     return v if v is None or isinstance(v, str) else v.isoformat()
 
 
+def _usd(v):
+    """Whole 10⁻⁸ USD units as an exact dollar string. Our own number, never a
+    client's text: a leading minus is a debit, not a formula (CSV too)."""
+    return None if v is None else format(to_usd(int(v)), "f")
+
+
 def _csv_text(v):
     """Text a spreadsheet would run as a formula gets a leading quote (CSV only)."""
     return "'" + v if v and v.startswith(_FORMULA) else v
@@ -423,9 +494,9 @@ def _csv_json(v):
 
 
 _JSON_CONV = {"text": None, "int": None, "bool": None, "time": _iso, "date": _date, "decimal": _dec,
-              "json": _parse, "jsonraw": _fragment}
+              "json": _parse, "jsonraw": _fragment, "units": _usd}
 _CSV_CONV = {"text": _csv_text, "int": None, "bool": _csv_bool, "time": _iso, "date": _date, "decimal": _dec,
-             "json": _csv_json, "jsonraw": None}
+             "json": _csv_json, "jsonraw": None, "units": _usd}
 
 
 def _convert_all(convs: list, rows: list[tuple]) -> list[list]:

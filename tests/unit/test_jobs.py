@@ -242,13 +242,15 @@ def test_running_twice_is_idempotent(ctx, monkeypatch):
     first = steps_only(jobs.run_all(ctx, now=now))
     assert first == {"usage_spool_replayed": 0, "usage_rolled_up": 2, "aggregates_pruned": 1, "audit_pruned": 2,
                      "accounts_erased": 0, "mail_pruned": 0, "sessions_pruned": 0, "billing_pruned": 0,
-                     "policy_notices_queued": 0, "rollups_pruned": 0, "invitations_pruned": 0}
+                     "holds_released": 0, "budget_alerts_queued": 0, "policy_notices_queued": 0,
+                     "rollups_pruned": 0, "invitations_pruned": 0}
     snapshot = [(d.day, d.requests, d.errors)
                 for d in db.session.scalars(sa.select(UsageDaily).order_by(UsageDaily.day))]
     second = steps_only(jobs.run_all(ctx, now=now))
     assert second == {"usage_spool_replayed": 0, "usage_rolled_up": 0, "aggregates_pruned": 0, "audit_pruned": 0,
                       "accounts_erased": 0, "mail_pruned": 0, "sessions_pruned": 0, "billing_pruned": 0,
-                      "policy_notices_queued": 0, "rollups_pruned": 0, "invitations_pruned": 0}
+                      "holds_released": 0, "budget_alerts_queued": 0, "policy_notices_queued": 0,
+                     "rollups_pruned": 0, "invitations_pruned": 0}
     assert [(d.day, d.requests, d.errors)
             for d in db.session.scalars(sa.select(UsageDaily).order_by(UsageDaily.day))] == snapshot
     assert verify_chain().ok

@@ -42,8 +42,9 @@ pytestmark = pytest.mark.promise("P51")
 
 EMAIL = "ada@example.com"
 HX = {"HX-Request": "true"}
-CATEGORIES = ("profile", "sessions", "api_keys", "team_memberships", "usage", "usage_daily", "consents",
-              "privacy_requests", "policy_acceptances", "data_exports", "emails", "audit_events")
+CATEGORIES = ("profile", "sessions", "api_keys", "team_memberships", "usage", "usage_daily", "wallet", "ledger",
+              "budgets", "consents", "privacy_requests", "policy_acceptances", "data_exports", "emails",
+              "audit_events")
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 
 
