@@ -1,10 +1,11 @@
-"""Forms of the staff privacy queue. Each bad input gets its own message next
-to its field; the services re-check every rule."""
+"""Forms of the staff area (the privacy queue, billing). Each bad input gets
+its own message next to its field; the services re-check every rule."""
 from __future__ import annotations
 
 from datetime import date, datetime, time, timezone
+from decimal import Decimal, InvalidOperation
 
-from wtforms import EmailField, RadioField, SelectField, StringField, TextAreaField
+from wtforms import EmailField, HiddenField, RadioField, SelectField, StringField, TextAreaField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, ValidationError
 
@@ -12,6 +13,7 @@ from app.forms import Form
 from app.models.privacy import OUTCOMES, REQUEST_KINDS
 from app.models.types import utcnow
 from app.services.privacy import KIND_LABELS, MAX_DETAILS, MAX_REASON, OUTCOME_LABELS
+from app.services.wallets import MAX_ADJUSTMENT_USD
 from app.staff.queue import MAX_NOTE, OFFLINE_CHANNELS
 
 
@@ -85,3 +87,71 @@ class CloseForm(Form):
 class RectifyForm(Form):
     name = StringField("Name", validators=[Length(max=120, message="Name can be at most 120 characters.")])
     company = StringField("Company", validators=[Length(max=120, message="Company can be at most 120 characters.")])
+
+
+# ---- billing -------------------------------------------------------------------------
+
+def dollars(raw: str | None) -> Decimal:
+    """A typed dollar amount ("-2.50", "$5"), exact, in cents at most."""
+    text = (raw or "").strip().lstrip("$").replace(",", "")
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise ValidationError("Enter an amount in dollars, such as 5 or -2.50.") from None
+    if not value.is_finite():
+        raise ValidationError("Enter an amount in dollars, such as 5 or -2.50.")
+    if value.as_tuple().exponent < -2:
+        raise ValidationError("Enter the amount in cents at most: two decimals, such as 2.50.")
+    return value
+
+
+class BillingLookupForm(Form):
+    who = StringField("Account email address or wallet id", validators=[
+        DataRequired("Enter an account's email address, or a wallet id (w_ and 16 characters)."),
+        Length(max=320, message="That is longer than any address.")],
+        render_kw={"autocomplete": "off", "spellcheck": "false"})
+
+
+MIN_ADJUST_REASON, MAX_ADJUST_REASON = 5, 200  # wallets.adjust's bounds: the owners see the reason
+
+
+class AdjustForm(Form):
+    amount = StringField("Amount in dollars (negative takes money out)", id="adjust-amount", validators=[
+        DataRequired("Enter the amount, such as 5 or -2.50.")], render_kw={"inputmode": "decimal"})
+    reason = TextAreaField("Reason (the wallet's owners see it)", id="adjust-reason", validators=[
+        DataRequired("Give the reason for the adjustment; the wallet's owners see it."),
+        Length(min=MIN_ADJUST_REASON, max=MAX_ADJUST_REASON,
+               message=f"Give a reason of {MIN_ADJUST_REASON} to {MAX_ADJUST_REASON} characters.")],
+        render_kw={"rows": 2, "maxlength": MAX_ADJUST_REASON})
+    confirmed = HiddenField()
+
+    value: Decimal | None = None
+
+    def validate_amount(self, field):
+        value = dollars(field.data)
+        if value == 0:
+            raise ValidationError("An adjustment of $0 changes nothing; enter a non-zero amount.")
+        if abs(value) > MAX_ADJUSTMENT_USD:
+            raise ValidationError(f"An adjustment is at most ${MAX_ADJUSTMENT_USD:,} either way.")
+        self.value = value
+
+    def validate_reason(self, field):
+        if len((field.data or "").strip()) < MIN_ADJUST_REASON:
+            raise ValidationError(f"Give a reason of {MIN_ADJUST_REASON} to {MAX_ADJUST_REASON} characters.")
+
+
+class RefundForm(Form):
+    amount = StringField("Amount to refund in dollars (empty: the whole top-up)", id="refund-amount",
+                         render_kw={"inputmode": "decimal"})
+
+    limit: Decimal = Decimal(0)  # the top-up's amount, set by the view
+    value: Decimal | None = None  # None: all of it
+
+    def validate_amount(self, field):
+        if not (field.data or "").strip():
+            self.value = None
+            return
+        value = dollars(field.data)
+        if value <= 0 or value > self.limit:
+            raise ValidationError(f"Refund more than $0 and at most the top-up's ${self.limit:,.2f}.")
+        self.value = value

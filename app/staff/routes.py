@@ -2,7 +2,8 @@
 except the one public page a person reaches from a verification mail.
 
 It shows the health of what staff answer for (the audit chain, the mail
-outbox, the policy), the privacy request queue (P54) and the audit log (P55).
+outbox, the policy), the privacy request queue (P54), the audit log (P55) and
+the wallets and their ledger (app/staff/billing.py: P41).
 Opening a request's page is a view of that person's data and is itself logged,
 so the person can see it. The services write every audit row; these views
 parse, call them, commit once and render or redirect.
@@ -345,3 +346,6 @@ def audit():
     params = {k: v for k, v in (("event", prefix), ("subject", raw_subject)) if v}
     return render_template("staff/audit.html", chain=chain, page=page, prefix=prefix, subject=raw_subject,
                            subject_error=subject_error, params=params)
+
+
+from app.staff import billing  # noqa: E402,F401  (its routes join bp: /staff/billing/...)
