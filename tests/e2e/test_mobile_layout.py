@@ -42,7 +42,7 @@ price = { input = 0.02 }
 """
 
 SIGNED_IN_PAGES = [
-    "/dashboard", "/keys/", "/usage/", "/analytics/", "/teams/", "/models",
+    "/dashboard", "/keys/", "/usage/", "/analytics/", "/billing/", "/teams/", "/models",
     "/account/", "/account/email", "/account/password", "/account/2fa/setup",
     "/privacy-center/", "/privacy-center/data", "/privacy-center/access-log", "/privacy-center/export/",
     "/privacy-center/delete/", "/privacy", "/privacy/versions/1",
@@ -131,7 +131,7 @@ def test_every_signed_in_page_fits_a_phone_and_the_menu_works(browser, live_serv
     toggle.focus()
     page.keyboard.press("Enter")
     expect(toggle).to_have_attribute("aria-expanded", "true")
-    for name in ("Dashboard", "Keys", "Usage", "Analytics", "Teams", "Models", "Account", "Privacy"):
+    for name in ("Dashboard", "Keys", "Usage", "Analytics", "Billing", "Teams", "Models", "Account", "Privacy"):
         link = nav.get_by_role("link", name=name, exact=True)
         expect(link).to_be_visible()
         box = link.bounding_box()
