@@ -269,10 +269,14 @@ class Meter(BackgroundWorker):
         that stopped renewing theirs (app/services/spend.py)."""
         timeout = self.app.config["RESERVATION_TIMEOUT_SECONDS"]
         self.next_renewal = time.monotonic() + timeout / 3
-        with self.app.app_context():
-            now = utcnow()
-            spend.renew(db.engine, now)
-            spend.sweep(db.engine, now, timeout)
+        try:
+            with self.app.app_context():
+                now = utcnow()
+                spend.renew(db.engine, now)
+                spend.sweep(db.engine, now, timeout)
+        except Exception as exc:  # never the rows' backoff: they go on being written
+            log.warning("budgets: could not renew or sweep holds (%s); next try in %.0f s", type(exc).__name__,
+                        timeout / 3)
 
     def _drain_own(self) -> None:
         for path, size, active in self.spool.own():

@@ -165,7 +165,7 @@ def test_sigkill_of_a_worker_under_load_loses_no_answered_row(make_app, database
             if not missing or time.monotonic() > deadline:
                 break
             time.sleep(0.25)
-        assert not missing, f"{len(missing)} answered requests have no usage row"
+        assert not missing, f"{len(missing)} answered requests have no usage row\n{served.log()[-3000:]}"
         assert all(n == 1 for n in counts.values()), "a request was metered twice"
         assert len(counts) <= len(results)
         assert len(set(ok_ids)) == len(ok_ids)
