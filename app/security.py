@@ -17,6 +17,12 @@ CSP = "; ".join([
 ])
 
 
+def csp_allowing_forms_to(*origins: str) -> str:
+    """The policy, with forms also allowed to go to (or be redirected to) these
+    origins: a page whose form is answered with a redirect to a payment page."""
+    return CSP.replace("form-action 'self'", " ".join(["form-action 'self'", *origins]))
+
+
 def init_app(app: Flask) -> None:
     trust_proxies(app)
     if app.config.get("ALLOWED_HOSTS"):

@@ -50,7 +50,7 @@ from app.models import ApiKey, BudgetAlert, LedgerEntry, Team, Wallet
 from app.models.billing import to_usd
 from app.models.types import utcnow
 from app.numbers import parse_int
-from app.security import CSP
+from app.security import csp_allowing_forms_to
 from app.services import ServiceError, budgets, keys, stripe_billing, teams, wallets
 from app.services.audit import record_event
 from app.services.billing_mail import describe_target
@@ -205,7 +205,7 @@ def _checkout_csp() -> str:
     base = urlsplit(current_app.config.get("STRIPE_API_BASE") or "")
     if base.scheme in ("http", "https") and base.netloc:
         allowed.append(f"{base.scheme}://{base.netloc}")
-    return CSP.replace("form-action 'self'", "form-action 'self' " + " ".join(allowed))
+    return csp_allowing_forms_to(*allowed)
 
 
 def _page(seen: Seen, *, topup_form: TopUpForm | None = None, low_form: LowBalanceForm | None = None,

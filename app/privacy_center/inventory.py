@@ -221,6 +221,7 @@ EVENT_LABELS = {
     "privacy:export:requested": "Prepared an export of your data",
     "privacy:deletion:requested": "Scheduled the deletion of your account",
     "billing:adjusted": "Adjusted your prepaid balance",
+    "billing:refund:requested": "Refunded one of your top-ups",
 }
 
 

@@ -128,7 +128,8 @@ def lines(ctx, keys: list[ApiKey], members: list[tuple[int, str]], now: datetime
     now = now or utcnow()
     wanted: list[tuple[str, str, str, bool, int | None, int | None]] = []
     if ctx.is_team:
-        wanted.append(("team", f"team:{ctx.team_id}", "The whole team", ctx.sees_team, None, None))
+        if ctx.sees_team:  # a member sees only her own part (P31)
+            wanted.append(("team", f"team:{ctx.team_id}", "The whole team", True, None, None))
         for uid, name in members:
             if ctx.sees_team or uid == ctx.user_id:
                 wanted.append(("member", f"member:{ctx.team_id}:{uid}", name, ctx.sees_team, None, uid))

@@ -117,8 +117,9 @@ def refund(actor, entry: LedgerEntry, amount_usd: Decimal | None = None) -> str:
     except stripe.StripeError as exc:
         log.warning("stripe: could not refund (%s)", type(exc).__name__)
         raise ServiceError("Payments are not reachable right now; nothing was refunded.") from None
-    audit.record_event(actor, "billing:refund:requested", entry_id=entry.id, refund=made.id,
-                       team_id=db.session.get(Wallet, entry.wallet_id).team_id)
+    wallet = db.session.get(Wallet, entry.wallet_id)
+    audit.record_event(actor, "billing:refund:requested", subject=wallet.user_id, entry_id=entry.id,
+                       refund=made.id, team_id=wallet.team_id)
     return made.id
 
 

@@ -88,6 +88,8 @@ def adjust(staff, wallet: Wallet, amount_usd: str, reason: str) -> LedgerEntry:
         amount = Decimal(str(amount_usd).strip().lstrip("$"))
     except InvalidOperation:
         raise ServiceError("The amount must be a number of dollars, such as 5 or -2.50.") from None
+    if not amount.is_finite():
+        raise ServiceError("The amount must be a number of dollars, such as 5 or -2.50.")
     if amount == 0 or abs(amount) > MAX_ADJUSTMENT_USD or amount.as_tuple().exponent < -2:
         raise ServiceError(f"The amount must be non-zero, in cents, and at most ${MAX_ADJUSTMENT_USD:,}.")
     entry = post(wallet.id, "adjustment", to_units(amount), "adj_" + secrets.token_hex(10), reason)
@@ -133,7 +135,7 @@ class Drift:
     derived: int
 
     def __str__(self) -> str:
-        return f"{self.what}: cached {to_usd(self.cached)} USD, derived {to_usd(self.derived)} USD"
+        return f"{self.what}: cached {to_usd(self.cached):f} USD, derived {to_usd(self.derived):f} USD"
 
 
 def verify() -> list[Drift]:

@@ -173,10 +173,7 @@ def billing_refund(anon_ref: str, entry_id: int):
             db.session.rollback()
             flash(str(exc), "error")
             return _back(wallet)
-        # stripe_billing's own audit row is about the staff member; this one puts the
-        # refund in the person's access log too.
-        _record_view(wallet, f"billing: refund of top-up #{entry.id} requested")
-        db.session.commit()
+        db.session.commit()  # stripe_billing's audit row names the person: it is in their access log
         flash(REFUND_REQUESTED, "success")
         return _back(wallet)
     _record_view(wallet, f"billing: top-up #{entry.id}, to refund")

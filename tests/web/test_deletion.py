@@ -165,7 +165,7 @@ def test_request_takes_effect_at_once(app, client, forms, users, login, mail):
     msg = mail.wait_for(EMAIL, "scheduled for deletion")
     b = body(msg)
     assert "7 years" in b and "audit trail" in b and "Usage totals" in b and "stays with that team" in b
-    assert "wallet" not in b  # nothing promised about what does not exist yet
+    assert "ledger" in b and "anonymous id" in b  # the wallet's ledger stays, tied to no one (P41)
     assert f"{req.execute_after:%Y-%m-%d}" in b and CANCEL_RE.search(b)
     assert "stay revoked" in b
 
