@@ -20,12 +20,12 @@ from wtforms.validators import ValidationError
 from app.forms import Form
 from app.models.billing import BUDGET_SCOPES, LEDGER_KINDS, to_units
 from app.numbers import MAX_ID, page_number, parse_int
+from app.usage.forms import _date  # the same date filter as the usage page
 
 PRESETS = (10, 25, 50, 100)
 OTHER = "other"
 MAX_LOW_BALANCE_USD = Decimal(100_000)
 KIND_LABELS = {"topup": "Top-up", "charge": "Charge", "refund": "Refund", "adjustment": "Adjustment"}
-EARLIEST, LATEST = date(2000, 1, 1), date(9000, 12, 31)
 
 
 def bounds() -> tuple[int, int]:
@@ -191,18 +191,6 @@ class LedgerQuery:
 def _arg(args: MultiDict, name: str) -> str:
     value = args.get(name)
     return value.strip() if isinstance(value, str) else ""
-
-
-def _date(raw: str, label: str, notes: list[str]) -> date | None:
-    try:
-        value = date.fromisoformat(raw)
-    except ValueError:
-        notes.append(f"The {label} date “{raw[:40]}” is not a date like 2025-01-31, so it was ignored.")
-        return None
-    if not EARLIEST <= value <= LATEST:
-        notes.append(f"The {label} date {raw[:40]} is out of range, so it was ignored.")
-        return None
-    return value
 
 
 def parse_ledger(args: MultiDict) -> LedgerQuery:

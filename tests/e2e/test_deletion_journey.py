@@ -54,7 +54,7 @@ def test_delete_account_then_the_job_erases_it(page: Page, live_server, smtp):
     page.get_by_role("button", name="Continue").click()
 
     expect(page.get_by_role("heading", name="Delete your account")).to_be_visible()
-    expect(page.get_by_text("Billing records, for 7 years")).to_be_visible()
+    expect(page.get_by_text("the other billing records for 7 years")).to_be_visible()
     page.get_by_label("Type DELETE to confirm").fill("delete")
     page.get_by_role("button", name="Continue").click()
     expect(page.get_by_text("Type the word DELETE in capital letters.")).to_be_visible()

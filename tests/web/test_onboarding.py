@@ -325,12 +325,14 @@ def test_key_card_wording_matches_the_reveal_setting(make_app):
     assert "reveal it again" not in card
 
 
-def test_no_page_promises_invoices_or_billing_that_do_not_exist(app):
+def test_no_page_promises_invoices_that_do_not_exist(app):
+    """Billing is a prepaid wallet with a ledger and receipts (P41): no page
+    promises invoices, which nobody issues."""
     client = signed_in(app)
-    for url in ("/account/", "/keys/", "/usage/", "/dashboard"):
+    for url in ("/account/", "/keys/", "/usage/", "/dashboard", "/billing/"):
         page = text(client.get(url)).lower()
-        for word in ("invoice", "wallet", "billed", "billing"):
-            assert word not in page, (url, word)
-    # The deletion page may keep billing records by law, but promises no wallet.
+        assert "invoice" not in page, url
+    assert 'href="/billing/"' in text(client.get("/dashboard"))
+    # The deletion page says what stays of billing, and for how long.
     deletion = text(client.get("/privacy-center/delete/")).lower()
-    assert "what we keep" in deletion and "wallet" not in deletion
+    assert "what we keep" in deletion and "ledger" in deletion and "indefinitely" in deletion
