@@ -338,3 +338,38 @@ def test_without_stripe_there_is_no_refund(app, people):
     resp = people.staff.get(f"{page}/refund/{topup.id}")
     assert resp.status_code == 302
     assert "Payments are not configured" in text(people.staff.get(page))
+
+
+def test_whatever_staff_type_into_the_billing_forms_is_never_a_5xx_nor_logged(app, people, caplog):
+    """Lookup, adjustment (amount, reason, confirmation) and refund amount take
+    any text: a form message or a 4xx, never a 5xx; the text never reaches a log,
+    and a ledger entry only ever holds a checked amount."""
+    import logging
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    wallet_id, ref = fund(app, people.person_id)
+    topup = entries(app, wallet_id)[0]
+    page = f"/staff/billing/w/{ref}"
+    typed = st.text(max_size=60) | st.sampled_from(["", " ", "NaN", "-inf", "1e9", "0.001", "-0", "$5", "5,00",
+                                                     "\u202e", "9" * 40, "-2.50", "ADA@EXAMPLE.COM"])
+    caplog.set_level(logging.DEBUG)
+
+    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(who=typed, amount=typed, reason=typed, confirmed=st.sampled_from(["", "yes", "no"]), refund=typed)
+    def run(who, amount, reason, confirmed, refund):
+        canary = "zq9staffcanary"
+        for url, data in (("/staff/billing/", {"who": who + canary}),
+                          (f"{page}/adjust", {"amount": amount, "reason": reason + canary, "confirmed": confirmed}),
+                          (f"{page}/refund/{topup.id}", {"amount": refund + canary})):
+            resp = people.post(url, data, page=page)
+            assert resp.status_code < 500, (url, data)
+        assert canary not in caplog.text
+
+    run()
+    with app.app_context():
+        assert wallets.verify() == []
+        for e in entries(app, wallet_id):
+            assert abs(e.amount_units) <= to_units(wallets.MAX_ADJUSTMENT_USD) and e.amount_units % 1_000_000 == 0 \
+                or e.kind != "adjustment"
