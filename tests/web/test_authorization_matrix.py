@@ -278,3 +278,49 @@ def test_P31_invitation_routes_only_for_the_invited_address(world):
         assert db.session.scalar(sa.select(sa.func.count()).select_from(TeamMember)) == 5
         assert db.session.scalar(sa.select(sa.func.count()).select_from(ApiKey).where(
             ApiKey.revoked_at.is_not(None))) == 0
+
+
+def test_P31_P41_billing_shows_a_wallet_only_to_whom_it_belongs(world):
+    """Every person and both teams have a wallet whose top-up names a canary. On
+    the Billing page, its CSV and its receipts, a person sees their own wallet in
+    the personal context, a team's owners and admins the team's in that team's
+    context, and nobody anything else; another wallet's receipt is not found."""
+    from app.services import wallets
+
+    topups = {}
+    with world.app.app_context():
+        owners = [(who, {"user_id": world.ids[who]}) for who in PEOPLE] + \
+                 [(f"team-{t}", {"team_id": world.teams[t]}) for t in ("alpha", "bravo")]
+        for owner, where in owners:
+            w = wallets.open_for(**where)
+            db.session.flush()
+            topups[owner] = wallets.post(w.id, "topup", 10 * 100_000_000, f"pi_{owner}",
+                                         f"Card payment · wallet-canary-{owner}").id
+        db.session.commit()
+
+    def shown(body: str) -> set[str]:  # no owner's name is the start of another's
+        return {o for o in topups if f"wallet-canary-{o}" in body}
+
+    failures = []
+    for actor in ACTORS:
+        if actor == "anonymous":
+            assert world.clients[actor].get("/billing/").status_code == 302
+            continue
+        team, role = PEOPLE[actor]
+        for context in [None, team] if team else [None]:
+            world.switch(actor, context)
+            mine = f"team-{context}" if context else actor
+            allowed = {mine} if context is None or role in ("owner", "admin") else set()
+            client = world.clients[actor]
+            for url in ("/billing/", "/billing/ledger.csv"):
+                resp = client.get(url)
+                seen = shown(html.unescape(resp.get_data(as_text=True)))
+                if seen != (allowed if resp.status_code == 200 else set()):
+                    failures.append(f"{actor} in {context or 'personal'} {url}: {resp.status_code}, saw {seen}")
+            for owner, entry_id in topups.items():
+                resp = client.get(f"/billing/receipts/{entry_id}")
+                want = 200 if owner in allowed else 404
+                if resp.status_code != want:
+                    failures.append(f"{actor} in {context or 'personal'}: receipt of {owner} {resp.status_code}")
+        world.switch(actor, None)
+    assert not failures, "\n".join(failures)
