@@ -533,7 +533,11 @@ def setup_instance() -> None:
                         age_confirmed_at=utcnow(), email_verified_at=utcnow())
             db.session.add(user)
             db.session.flush()
-            _, raw = key_service.create(user, "bench")
+            key, raw = key_service.create(user, "bench")
+            if os.environ.get("BENCH_BUDGET"):  # every request takes (and settles) a budget hold (P26)
+                from app.models import Budget
+                db.session.add(Budget(target=f"key:{key.id}", scope="key", api_key_id=key.id,
+                                      monthly_units=10**17))
             db.session.commit()
         db.engine.dispose()
     print("KEY " + raw, flush=True)
@@ -558,6 +562,7 @@ class Bench:
             "INSTANCE_PATH": str(self.tmp / "instance"),
             "SECRET_KEY": self.secret,
             "PROVIDERS_FILE": str(self.tmp / "providers.toml"),
+            **({"BENCH_BUDGET": "1"} if self.args.budget else {}),
             "BENCH_UPSTREAM_KEY": UPSTREAM_KEY,
             "RELAY_KEY_RPM": HIGH_LIMIT, "RELAY_KEY_TPM": HIGH_LIMIT,
             "RELAY_ACCOUNT_RPM": HIGH_LIMIT, "RELAY_ACCOUNT_TPM": HIGH_LIMIT,
@@ -741,6 +746,8 @@ def main() -> int:
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                     help="first wait up to S seconds for other processes to leave the CPUs alone")
     ap.add_argument("--keep", action="store_true", help="keep the temporary instance folder and server log")
+    ap.add_argument("--budget", action="store_true",
+                    help="give the key a (never reached) monthly budget: every request is held and settled")
     ap.add_argument("--_setup", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._setup:

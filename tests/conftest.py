@@ -129,6 +129,9 @@ def make_app(database_url, smtp, ratelimit_storage, tmp_path):
 
     yield factory
     for app in made:
+        meter = app.extensions.get("meter")
+        if meter is not None:  # its thread renews and sweeps budget holds: not for an app that is done
+            meter.stop(2)
         clean_database(app)
     smtp.mailbox.clear()
 

@@ -86,6 +86,7 @@ class App:
         self.flask = flask_app
         self.portal = WSGIMiddleware(flask_app, workers=portal_threads or flask_app.config["PORTAL_THREADS"])
         self.max_body = flask_app.config.get("MAX_CONTENT_LENGTH")
+        self.holds_on_thread = not flask_app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite")
 
     async def __call__(self, scope, receive, send):
         kind = scope["type"]
@@ -165,7 +166,10 @@ class App:
             for stage in pipeline.STAGES:
                 stage(call)
             if call.hold_wanted:
-                await asyncio.to_thread(budget.hold, call)
+                if self.holds_on_thread:  # a network round trip: off the event loop
+                    await asyncio.to_thread(budget.hold, call)
+                else:  # SQLite, ~0.1 ms: a thread hop would cost more than it saves
+                    budget.hold(call)
             answer = await failover(call)
             resp = answer.resp
             if resp.status >= 400:

@@ -227,6 +227,8 @@ class Meter(BackgroundWorker):
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every recorded row is in the database (or quarantined)."""
         deadline = time.monotonic() + timeout
+        if self.stopping.is_set():  # stopped: what is left waits in the spool for the next process
+            return not self.pending()
         if self.pending():
             self.ensure_started()
         while time.monotonic() < deadline:

@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import re
 import secrets
 import socket
+import threading
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -137,38 +139,76 @@ HOLDS = Holds()
 
 # ---- admission ------------------------------------------------------------------------------
 
-_ENSURE = sa.text("INSERT INTO spend_counters (target, period, spent_units, reserved_units) "
+_ENSURE = ("INSERT INTO spend_counters (target, period, spent_units, reserved_units) "
                   "VALUES (:t, :p, 0, 0) ON CONFLICT DO NOTHING")
-_HOLD = sa.text("UPDATE spend_counters SET reserved_units = reserved_units + :a "
+_HOLD = ("UPDATE spend_counters SET reserved_units = reserved_units + :a "
                 "WHERE target = :t AND period = :p AND spent_units + reserved_units + :a <= :lim")
-_HOLD_WALLET = sa.text("UPDATE wallets SET reserved_units = reserved_units + :a "
+_HOLD_WALLET = ("UPDATE wallets SET reserved_units = reserved_units + :a "
                        "WHERE id = :w AND balance_units - reserved_units - :a >= 0")
-_RESERVE = sa.text("INSERT INTO budget_reservations (request_id, amount_units, counters, wallet_id, holder, "
+_RESERVE = ("INSERT INTO budget_reservations (request_id, amount_units, counters, wallet_id, holder, "
                    "created_at, renewed_at) VALUES (:r, :a, :c, :w, :h, :now, :now)")
 
 
-class _Refused(Exception):
-    def __init__(self, over: Over):
-        self.over = over
+class _Raw:
+    """The hot path's statements on a pooled DBAPI connection, as app/keyauth.py
+    does: SQLAlchemy's Connection layers cost more than these small statements.
+    Written with :name parameters; PostgreSQL's driver gets %(name)s."""
+
+    _cache: dict = {}
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.sqlite = engine.dialect.name == "sqlite"
+
+    def sql(self, text: str) -> str:
+        key = (self.sqlite, text)
+        out = self._cache.get(key)
+        if out is None:
+            out = self._cache[key] = text if self.sqlite else re.sub(r":(\w+)", r"%(\1)s", text)
+        return out
+
+    def when(self, now: datetime):
+        naive = now.astimezone(timezone.utc).replace(tzinfo=None)
+        return naive.strftime("%Y-%m-%d %H:%M:%S.%f") if self.sqlite else naive  # as UTCDateTime stores it
 
 
 def reserve(engine, request_id: str, limits: list[Limit], wallet_id: int | None, amount: int,
             now: datetime) -> Over | None:
     """Hold `amount` against every limit and the wallet, or against none of them."""
-    naive = now.astimezone(timezone.utc).replace(tzinfo=None)
+    raw = _Raw(engine)
+    refused: Over | None = None
+    conn = engine.raw_connection()
     try:
-        with engine.begin() as conn:
-            for lim in limits:
-                conn.execute(_ENSURE, {"t": lim.target, "p": lim.period})
-                if conn.execute(_HOLD, {"a": amount, "t": lim.target, "p": lim.period,
-                                        "lim": lim.limit_units}).rowcount != 1:
-                    raise _Refused(Over(lim, 0))
-            if wallet_id is not None and conn.execute(_HOLD_WALLET, {"a": amount, "w": wallet_id}).rowcount != 1:
-                raise _Refused(Over(None, 0))
-            conn.execute(_RESERVE, {"r": request_id, "a": amount, "w": wallet_id, "h": HOLDS.holder, "now": naive,
-                                    "c": ",".join(f"{lim.target}|{lim.period}" for lim in limits)})
-    except _Refused as refused:
-        return Over(refused.over.limit, left(engine, refused.over.limit, wallet_id))
+        cur = conn.cursor()
+        for lim in limits:
+            hold = {"a": amount, "t": lim.target, "p": lim.period, "lim": lim.limit_units}
+            cur.execute(raw.sql(_HOLD), hold)
+            if cur.rowcount != 1:
+                # No counter yet (a new month, a new target), or no room: make sure, then once more.
+                cur.execute(raw.sql(_ENSURE), {"t": lim.target, "p": lim.period})
+                cur.execute(raw.sql(_HOLD), hold)
+                if cur.rowcount != 1:
+                    refused = Over(lim, 0)
+                    break
+        if refused is None and wallet_id is not None:
+            cur.execute(raw.sql(_HOLD_WALLET), {"a": amount, "w": wallet_id})
+            if cur.rowcount != 1:
+                refused = Over(None, 0)
+        if refused is None:
+            when = raw.when(now)
+            cur.execute(raw.sql(_RESERVE), {"r": request_id, "a": amount, "w": wallet_id, "h": HOLDS.holder,
+                                            "now": when, "c": ",".join(f"{lim.target}|{lim.period}" for lim in limits)})
+            conn.commit()
+        else:
+            conn.rollback()
+        cur.close()
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        conn.close()  # back to the pool
+    if refused is not None:
+        return Over(refused.limit, left(engine, refused.limit, wallet_id))
     HOLDS.live.add(request_id)
     return None
 
@@ -186,54 +226,89 @@ def left(engine, limit: Limit | None, wallet_id: int | None) -> int:
         return max(0, limit.limit_units - (row[0] if row else 0))
 
 
-_SHRINK = sa.text("UPDATE budget_reservations SET amount_units = :cost WHERE request_id = :r AND amount_units = :a")
-_SHRINK_COUNTER = sa.text("UPDATE spend_counters SET reserved_units = reserved_units - :d "
+_SHRINK = ("UPDATE budget_reservations SET amount_units = :cost WHERE request_id = :r AND amount_units = :a")
+_SHRINK_COUNTER = ("UPDATE spend_counters SET reserved_units = reserved_units - :d "
                           "WHERE target = :t AND period = :p")
-_SHRINK_WALLET = sa.text("UPDATE wallets SET reserved_units = reserved_units - :d WHERE id = :w")
+_SHRINK_WALLET = ("UPDATE wallets SET reserved_units = reserved_units - :d WHERE id = :w")
 
 
-class _Later:
-    """A small thread pool of this process (made after any fork) for `settle_later`."""
+class _Settler:
+    """One thread per process (made after any fork) that shrinks holds in batches:
+    whatever finished since its last pass goes in one transaction, so a busy
+    worker pays one commit for many requests."""
 
     def __init__(self):
-        self.pid, self.pool = None, None
+        self.pid, self.queue, self.thread = None, None, None
 
-    def submit(self, fn, *args) -> None:
+    def put(self, item) -> None:
         if self.pid != os.getpid():
-            self.pid, self.pool = os.getpid(), ThreadPoolExecutor(2, thread_name_prefix="budget-settle")
-        self.pool.submit(fn, *args)
+            self.pid, self.queue = os.getpid(), queue.SimpleQueue()
+            self.thread = threading.Thread(target=self._run, name="budget-settle", daemon=True)
+            self.thread.start()
+        self.queue.put(item)
+
+    def _run(self) -> None:
+        q = self.queue
+        while True:
+            batch = [q.get()]
+            while len(batch) < 200:
+                try:
+                    batch.append(q.get_nowait())
+                except queue.Empty:
+                    break
+            by_engine: dict = defaultdict(list)
+            for engine, *rest in batch:
+                by_engine[engine].append(rest)
+            for engine, items in by_engine.items():
+                settled(engine, items)
 
 
-_LATER = _Later()
+_SETTLER = _Settler()
 
 
 def settle_later(engine, request_id: str, limits: list[Limit], wallet_id: int | None, held: int, cost: int) -> None:
-    """`settled`, off the request's thread (or event loop): the client's last
-    byte never waits for it, and in whichever order it and the usage writer
-    run, the hold is given back exactly once."""
+    """Shrink the hold to `cost`, off the request's thread (or event loop): the
+    client's last byte never waits for it, and in whichever order it and the
+    usage writer run, the hold is given back exactly once."""
     HOLDS.live.discard(request_id)
-    _LATER.submit(settled, engine, request_id, limits, wallet_id, held, cost)
+    if held > cost:
+        _SETTLER.put((engine, request_id, limits, wallet_id, held, cost))
 
 
-def settled(engine, request_id: str, limits: list[Limit], wallet_id: int | None, held: int, cost: int) -> None:
-    """The request is answered and costs `cost`: its hold shrinks to that at once,
-    so the headroom it no longer needs is free for the next request, and stays
-    until the usage writer moves it into the spend with the request's row.
-    A hold the sweeper already gave back is left alone."""
-    HOLDS.live.discard(request_id)
-    give_back = held - min(cost, held)
-    if give_back <= 0:
-        return
+def settled(engine, items: list) -> None:
+    """Shrink each answered request's hold, (request id, limits, wallet id, held,
+    cost), to its real cost at once, so the headroom it no longer needs is free
+    for the next request; the cost stays held until the usage writer moves it
+    into the spend with the request's row. A hold already given back (by the
+    writer or the sweeper) is left alone."""
+    raw = _Raw(engine)
+    back: dict[tuple[str, str], int] = defaultdict(int)
+    back_wallet: dict[int, int] = defaultdict(int)
     try:
-        with engine.begin() as conn:
-            if conn.execute(_SHRINK, {"cost": held - give_back, "r": request_id, "a": held}).rowcount != 1:
-                return
-            for lim in limits:
-                conn.execute(_SHRINK_COUNTER, {"d": give_back, "t": lim.target, "p": lim.period})
-            if wallet_id is not None:
-                conn.execute(_SHRINK_WALLET, {"d": give_back, "w": wallet_id})
-    except sa.exc.SQLAlchemyError as exc:  # the whole hold then goes back with the row, a moment later
-        log.warning("budgets: could not shrink a hold (%s)", type(exc).__name__)
+        conn = engine.raw_connection()
+        try:
+            cur = conn.cursor()
+            for request_id, limits, wallet_id, held, cost in items:
+                cur.execute(raw.sql(_SHRINK), {"cost": cost, "r": request_id, "a": held})
+                if cur.rowcount != 1:
+                    continue
+                for lim in limits:
+                    back[(lim.target, lim.period)] += held - cost
+                if wallet_id is not None:
+                    back_wallet[wallet_id] += held - cost
+            for (target, period), d in sorted(back.items()):
+                cur.execute(raw.sql(_SHRINK_COUNTER), {"d": d, "t": target, "p": period})
+            for wallet_id, d in sorted(back_wallet.items()):
+                cur.execute(raw.sql(_SHRINK_WALLET), {"d": d, "w": wallet_id})
+            conn.commit()
+            cur.close()
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            conn.close()
+    except Exception as exc:  # the whole holds then go back with the rows, a moment later
+        log.warning("budgets: could not shrink %d hold(s) (%s)", len(items), type(exc).__name__)
 
 
 # ---- settlement (inside the usage writer's transaction) ---------------------------------------

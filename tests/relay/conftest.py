@@ -196,6 +196,7 @@ def relay_factory(database_url, smtp, ratelimit_storage, tmp_path_factory, fake)
     for server, app in started:
         server.stop()
         app.extensions["meter"].flush(10)
+        app.extensions["meter"].stop(2)
     if started:
         clean_database(started[0][1])
 
