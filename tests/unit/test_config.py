@@ -53,3 +53,21 @@ def test_file_transport_writes_eml_into_the_mail_folder(tmp_path, database_url):
     assert len(files) == 1
     msg = message_from_bytes(files[0].read_bytes())
     assert msg["To"] == "reader@example.com" and msg["Subject"] == "Hello from the outbox"
+
+
+def test_providers_file_max_output_is_a_positive_whole_number(tmp_path):
+    """P26: `max_output` bounds a budget hold, so the file refuses anything else."""
+    import pytest
+
+    from app.relay.providers import ProvidersFileError, load
+    base = ('[providers.p]\nkind = "openai_compatible"\nbase_url = "http://127.0.0.1:9/v1"\n'
+            '[[models]]\nname = "m"\ntargets = [ { provider = "p" } ]\n')
+    path = tmp_path / "providers.toml"
+    path.write_text(base + "max_output = 512\n")
+    assert load(str(path)).models["m"].max_output == 512
+    path.write_text(base)
+    assert load(str(path)).models["m"].max_output is None
+    for bad in ("0", "-5", "1.5", '"many"', "true"):
+        path.write_text(base + f"max_output = {bad}\n")
+        with pytest.raises(ProvidersFileError, match="max_output"):
+            load(str(path))
