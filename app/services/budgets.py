@@ -132,7 +132,8 @@ def lines(ctx, keys: list[ApiKey], members: list[tuple[int, str]], now: datetime
             wanted.append(("team", f"team:{ctx.team_id}", "The whole team", True, None, None))
         for uid, name in members:
             if ctx.sees_team or uid == ctx.user_id:
-                wanted.append(("member", f"member:{ctx.team_id}:{uid}", name, ctx.sees_team, None, uid))
+                label = f"You ({name})" if uid == ctx.user_id else name
+                wanted.append(("member", f"member:{ctx.team_id}:{uid}", label, ctx.sees_team, None, uid))
     else:
         wanted.append(("account", f"account:{ctx.user_id}", "Your account (personal keys)", True, None, None))
     for k in keys:
