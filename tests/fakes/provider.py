@@ -44,15 +44,15 @@ import select
 import signal
 import socket
 import struct
-import sys
 import threading
 import time
 import traceback
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from socketserver import TCPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.fakes.loopback import LoopbackServer
 
 DEFAULT_KEY = "sk-fake-upstream"
 DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "claude-sonnet-4-5", "claude-haiku-4-5")
@@ -788,47 +788,6 @@ class _Handler(BaseHTTPRequestHandler):
         return self._send(200, out)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 1024  # the default backlog of 5 refuses connections under a 500-stream benchmark
-
-    def __init__(self, address: tuple[str, int], fake: FakeProvider):
-        self.fake = fake
-        self._conns: set[socket.socket] = set()
-        self._conns_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the host name (getfqdn), which can stall for seconds without DNS.
-        TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-
-    def process_request(self, request: socket.socket, client_address: Any) -> None:
-        with self._conns_lock:
-            self._conns.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: socket.socket) -> None:
-        with self._conns_lock:
-            self._conns.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        with self._conns_lock:
-            conns = list(self._conns)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading or writing it
-            except OSError:
-                pass
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], OSError):  # clients hanging up are not news
-            return
-        super().handle_error(request, client_address)
-
-
 # ----------------------------------------------------------------------------- the public face
 
 class FakeProvider:
@@ -853,7 +812,7 @@ class FakeProvider:
         self._arrived = threading.Condition()
         self._stopping = threading.Event()
         self.streamed_bytes = 0  # stream bytes handed to the socket so far (back-pressure tests)
-        self._httpd: _Server | None = None
+        self._httpd: LoopbackServer | None = None
         self._thread: threading.Thread | None = None
 
     # -- life cycle
@@ -861,7 +820,7 @@ class FakeProvider:
     def start(self) -> FakeProvider:
         """Listen on 127.0.0.1 (a free port unless one was given); it accepts before this returns."""
         self._stopping.clear()
-        self._httpd = _Server(("127.0.0.1", self.port), self)
+        self._httpd = LoopbackServer(("127.0.0.1", self.port), self, _Handler)
         self.port = self._httpd.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},

@@ -65,8 +65,6 @@ import itertools
 import json
 import re
 import signal
-import socket
-import sys
 import threading
 import time
 import traceback
@@ -76,10 +74,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from socketserver import TCPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.fakes.loopback import LoopbackServer
 
 DEFAULT_API_KEY = "sk_test_fake"
 DEFAULT_WEBHOOK_SECRET = "whsec_test_fake"
@@ -374,7 +373,7 @@ _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedire
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "fake-stripe"
-    server: _Server
+    server: LoopbackServer
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -412,47 +411,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 128
-
-    def __init__(self, address: tuple[str, int], fake: FakeStripe):
-        self.fake = fake
-        self._conns: set[socket.socket] = set()
-        self._conns_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the host name (getfqdn), which can stall for seconds without DNS.
-        TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-
-    def process_request(self, request: socket.socket, client_address: Any) -> None:
-        with self._conns_lock:
-            self._conns.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: socket.socket) -> None:
-        with self._conns_lock:
-            self._conns.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        with self._conns_lock:
-            conns = list(self._conns)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)  # wakes a keep-alive thread blocked reading it
-            except OSError:
-                pass
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], OSError):  # clients hanging up are not news
-            return
-        super().handle_error(request, client_address)
 
 
 # ----------------------------------------------------------------------------- the hosted page
@@ -497,7 +455,7 @@ class FakeStripe:
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)  # queue, deliveries and hold state changes
         self._stopping = threading.Event()
-        self._httpd: _Server | None = None
+        self._httpd: LoopbackServer | None = None
         self._threads: list[threading.Thread] = []
         self._in_flight = 0  # events the sender has taken and not finished
         self._clear()
@@ -520,7 +478,7 @@ class FakeStripe:
     def start(self) -> FakeStripe:
         """Listen on 127.0.0.1 (a free port unless one was given) and start the webhook sender."""
         self._stopping.clear()
-        self._httpd = _Server(("127.0.0.1", self.port), self)
+        self._httpd = LoopbackServer(("127.0.0.1", self.port), self, _Handler)
         self.port = self._httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._threads = [
