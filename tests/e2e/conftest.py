@@ -68,9 +68,10 @@ def live_server(database_url, smtp, ratelimit_storage, tmp_path_factory, live_se
     server.shutdown()
     thread.join(10)
     server.server_close()
-    worker = app.extensions.get("mail_worker")
-    if worker is not None:
-        worker.stop()
+    for name in ("mail_worker", "meter"):  # background threads: not for a server that is done
+        worker = app.extensions.get(name)
+        if worker is not None:
+            worker.stop(5)
     clean_database(app)
     smtp.mailbox.clear()
 
