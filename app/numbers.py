@@ -13,6 +13,7 @@ or a 404.
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 from flask import Flask
 from werkzeug.routing import BaseConverter, ValidationError
@@ -41,6 +42,35 @@ def page_number(raw: object, last: int = 1_000_000) -> int:
     one past the end means the last page (an old bookmark still works)."""
     value = parse_int(raw, minimum=1)
     return 1 if value is None else min(value, last)
+
+
+_DOLLARS = re.compile(r"-?[0-9]{1,15}(\.[0-9]{1,15})?([eE][+-]?[0-9]{1,3})?")
+_UNBOUNDED = re.compile(r"[+-]?(nan|snan|inf|infinity)", re.IGNORECASE)
+
+
+class NotDollars(ValueError):
+    """Typed text that is no dollar amount: `reason` is "number" (not one),
+    "cents" (finer than a cent) or "range" (NaN, infinity: past any bound), so
+    each form can say which in its own words."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def parse_dollars(raw: object) -> Decimal | None:
+    """A typed dollar amount ("-2.50", "$5", "1,000", "1e3"), exactly; None when
+    nothing was typed. ASCII digits only, as for whole numbers: no NaN, no
+    infinity, no digits of other scripts. The caller checks the range."""
+    text = raw.strip().lstrip("$").replace(",", "").strip() if isinstance(raw, str) else ""
+    if not text:
+        return None
+    if not _DOLLARS.fullmatch(text):
+        raise NotDollars("range" if _UNBOUNDED.fullmatch(text) else "number")
+    value = Decimal(text)
+    if value.as_tuple().exponent < -2:
+        raise NotDollars("cents")
+    return value
 
 
 class IntConverter(BaseConverter):

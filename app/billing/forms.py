@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from flask import current_app
 from werkzeug.datastructures import MultiDict
@@ -19,7 +19,7 @@ from wtforms.validators import ValidationError
 
 from app.forms import Form
 from app.models.billing import BUDGET_SCOPES, LEDGER_KINDS, to_units
-from app.numbers import MAX_ID, page_number, parse_int
+from app.numbers import MAX_ID, NotDollars, page_number, parse_dollars, parse_int
 from app.usage.forms import _date  # the same date filter as the usage page
 
 PRESETS = (10, 25, 50, 100)
@@ -109,17 +109,17 @@ class LowBalanceForm(Form):
     units: int | None = None
 
     def validate_threshold(self, field):
-        typed = _money_text(field.data)
-        if not typed:
-            raise ValidationError("Enter an amount in dollars, or 0 to turn the alert off.")
+        out_of_range = f"Enter an amount from $0 to ${MAX_LOW_BALANCE_USD:,.0f}, in cents (0 turns the alert off)."
         try:
-            value = Decimal(typed)
-        except InvalidOperation:
-            raise ValidationError("Enter an amount in dollars, such as 5 or 2.50, or 0 to turn the alert off.") \
+            value = parse_dollars(field.data)
+        except NotDollars as exc:
+            raise ValidationError(out_of_range if exc.reason in ("cents", "range") else
+                                  "Enter an amount in dollars, such as 5 or 2.50, or 0 to turn the alert off.") \
                 from None
-        if not value.is_finite() or value < 0 or value > MAX_LOW_BALANCE_USD or value.as_tuple().exponent < -2:
-            raise ValidationError(f"Enter an amount from $0 to ${MAX_LOW_BALANCE_USD:,.0f}, in cents "
-                                  "(0 turns the alert off).")
+        if value is None:
+            raise ValidationError("Enter an amount in dollars, or 0 to turn the alert off.")
+        if not 0 <= value <= MAX_LOW_BALANCE_USD:
+            raise ValidationError(out_of_range)
         self.units = to_units(value)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 import sqlalchemy as sa
 
@@ -17,6 +17,7 @@ from app.extensions import db
 from app.models import ApiKey, Budget, SpendCounter, TeamMember
 from app.models.billing import to_units, to_usd
 from app.models.types import utcnow
+from app.numbers import NotDollars, parse_dollars
 from app.services import ServiceError, audit
 from app.services.spend import TOTAL, month_of
 
@@ -29,15 +30,16 @@ class Forbidden(ServiceError):
 
 def parse_usd(text: str | None, label: str) -> int | None:
     """A form's dollar amount -> units; empty -> None (no limit)."""
-    text = (text or "").strip().lstrip("$").replace(",", "")
-    if not text:
-        return None
+    out_of_range = f"{label}: enter an amount from $0.01 to ${MAX_USD:,.0f}, in cents."
     try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise ServiceError(f"{label}: enter an amount in dollars, such as 25 or 9.50.") from None
-    if not value.is_finite() or value < Decimal("0.01") or value > MAX_USD or value.as_tuple().exponent < -2:
-        raise ServiceError(f"{label}: enter an amount from $0.01 to ${MAX_USD:,.0f}, in cents.")
+        value = parse_dollars(text)
+    except NotDollars as exc:
+        raise ServiceError(out_of_range if exc.reason in ("cents", "range")
+                           else f"{label}: enter an amount in dollars, such as 25 or 9.50.") from None
+    if value is None:
+        return None
+    if not Decimal("0.01") <= value <= MAX_USD:
+        raise ServiceError(out_of_range)
     return to_units(value)
 
 

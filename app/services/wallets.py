@@ -17,7 +17,6 @@ import secrets
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
 
 import sqlalchemy as sa
 
@@ -25,6 +24,7 @@ from app.extensions import db
 from app.models import BudgetReservation, LedgerEntry, SpendCounter, Wallet
 from app.models.billing import LEDGER_KINDS, to_units, to_usd
 from app.models.types import utcnow
+from app.numbers import NotDollars, parse_dollars
 from app.services import ServiceError, audit
 
 MAX_ADJUSTMENT_USD = 100_000
@@ -84,14 +84,16 @@ def adjust(staff, wallet: Wallet, amount_usd: str, reason: str) -> LedgerEntry:
     reason = (reason or "").strip()
     if not 5 <= len(reason) <= 200:
         raise ServiceError("Give a reason of 5 to 200 characters; the account's owners see it.")
+    bounds = f"The amount must be non-zero, in cents, and at most ${MAX_ADJUSTMENT_USD:,}."
     try:
-        amount = Decimal(str(amount_usd).strip().lstrip("$"))
-    except InvalidOperation:
-        raise ServiceError("The amount must be a number of dollars, such as 5 or -2.50.") from None
-    if not amount.is_finite():
+        amount = parse_dollars(str(amount_usd))
+    except NotDollars as exc:
+        raise ServiceError(bounds if exc.reason == "cents"
+                           else "The amount must be a number of dollars, such as 5 or -2.50.") from None
+    if amount is None:
         raise ServiceError("The amount must be a number of dollars, such as 5 or -2.50.")
-    if amount == 0 or abs(amount) > MAX_ADJUSTMENT_USD or amount.as_tuple().exponent < -2:
-        raise ServiceError(f"The amount must be non-zero, in cents, and at most ${MAX_ADJUSTMENT_USD:,}.")
+    if amount == 0 or abs(amount) > MAX_ADJUSTMENT_USD:
+        raise ServiceError(bounds)
     entry = post(wallet.id, "adjustment", to_units(amount), "adj_" + secrets.token_hex(10), reason)
     audit.record_event(staff, "billing:adjusted", subject=wallet.user_id, wallet=wallet.anon_ref,
                        team_id=wallet.team_id, amount=str(amount), entry_id=entry.id)

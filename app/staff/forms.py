@@ -3,7 +3,7 @@ its own message next to its field; the services re-check every rule."""
 from __future__ import annotations
 
 from datetime import date, datetime, time, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from wtforms import EmailField, HiddenField, RadioField, SelectField, StringField, TextAreaField
 from wtforms.fields.choices import SelectChoice
@@ -12,6 +12,7 @@ from wtforms.validators import DataRequired, Length, ValidationError
 from app.forms import Form
 from app.models.privacy import OUTCOMES, REQUEST_KINDS
 from app.models.types import utcnow
+from app.numbers import NotDollars, parse_dollars
 from app.services.privacy import KIND_LABELS, MAX_DETAILS, MAX_REASON, OUTCOME_LABELS
 from app.services.wallets import MAX_ADJUSTMENT_USD
 from app.staff.queue import MAX_NOTE, OFFLINE_CHANNELS
@@ -93,15 +94,14 @@ class RectifyForm(Form):
 
 def dollars(raw: str | None) -> Decimal:
     """A typed dollar amount ("-2.50", "$5"), exact, in cents at most."""
-    text = (raw or "").strip().lstrip("$").replace(",", "")
     try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise ValidationError("Enter an amount in dollars, such as 5 or -2.50.") from None
-    if not value.is_finite():
+        value = parse_dollars(raw)
+    except NotDollars as exc:
+        if exc.reason == "cents":
+            raise ValidationError("Enter the amount in cents at most: two decimals, such as 2.50.") from None
+        value = None
+    if value is None:
         raise ValidationError("Enter an amount in dollars, such as 5 or -2.50.")
-    if value.as_tuple().exponent < -2:
-        raise ValidationError("Enter the amount in cents at most: two decimals, such as 2.50.")
     return value
 
 

@@ -71,3 +71,20 @@ def test_providers_file_max_output_is_a_positive_whole_number(tmp_path):
         path.write_text(base + f"max_output = {bad}\n")
         with pytest.raises(ProvidersFileError, match="max_output"):
             load(str(path))
+
+
+def test_parse_dollars_reads_typed_amounts_exactly_and_names_what_is_wrong():
+    """The one reader of typed dollar amounts (budgets, alerts, staff adjustments)."""
+    from decimal import Decimal
+
+    import pytest
+
+    from app.numbers import NotDollars, parse_dollars
+    assert parse_dollars(" $1,250.50 ") == Decimal("1250.50")
+    assert parse_dollars("-2.5") == Decimal("-2.5") and parse_dollars("1e3") == Decimal(1000)
+    assert parse_dollars("") is None and parse_dollars("  ") is None and parse_dollars(None) is None
+    for text, reason in (("abc", "number"), ("١٢", "number"), ("1.2.3", "number"), ("0x10", "number"),
+                         ("1.234", "cents"), ("NaN", "range"), ("-Infinity", "range")):
+        with pytest.raises(NotDollars) as exc:
+            parse_dollars(text)
+        assert exc.value.reason == reason, text
