@@ -6,6 +6,15 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 
 
+def insert_for(conn):
+    """The dialect's INSERT, for ON CONFLICT upserts (PostgreSQL and SQLite spell them alike)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 

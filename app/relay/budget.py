@@ -46,8 +46,24 @@ def admit(call: Call) -> None:
         cap = model.max_output or ext["billing_default_max_output"]
         call.body[call.shape.output_fields[0]] = cap
     call.output_cap = cap
-    most = to_units(model.price.most(call.body_bytes + IMAGE_TOKENS * call.images, cap))
+    most = to_units(model.price.most(call.body_bytes + IMAGE_TOKENS * image_parts(call.body), cap))
     call.hold_wanted = (limits, key.wallet_id if prepaid else None, most)
+
+
+def image_parts(body: dict) -> int:
+    """Content parts that are images ("image_url", "image", "input_image"), at any
+    depth: counted only for a request a budget applies to, never on every request."""
+    n, stack = 0, [body]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            kind = item.get("type")
+            if isinstance(kind, str) and "image" in kind:
+                n += 1
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return n
 
 
 def hold(call: Call) -> None:

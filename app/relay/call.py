@@ -54,8 +54,7 @@ class Call:
     project: str | None = None
     tags: list[str] | None = None
     body: dict | None = field(default=None, repr=False)
-    body_bytes: int = 0           # the body's size, and its image parts: the input bound of a budget hold
-    images: int = 0
+    body_bytes: int = 0           # the body's size: the input bound of a budget hold
     stream: bool = False
     # The name the client sent: echoed to the client only, never recorded.
     requested: str = field(default="", repr=False)

@@ -43,7 +43,7 @@ from flask import Flask
 
 from app.extensions import db
 from app.models import ApiKey, UsageQuarantine, UsageRecord
-from app.models.types import utcnow
+from app.models.types import insert_for, utcnow
 from app.relay.spool import Claim, Spool, read_lines
 from app.services import billing_mail, rollups, spend
 from app.services.worker import BackgroundWorker
@@ -352,11 +352,7 @@ class Meter(BackgroundWorker):
     def _insert_statement(self):
         if self._insert is None:
             with self.app.app_context():
-                dialect = db.engine.dialect.name
-            if dialect == "postgresql":
-                from sqlalchemy.dialects.postgresql import insert
-            else:
-                from sqlalchemy.dialects.sqlite import insert
+                insert = insert_for(db.engine)
             # RETURNING names the rows this statement inserted: a replayed row
             # (already there) comes back absent, so the rollups never count it twice.
             self._insert = (insert(_TABLE).on_conflict_do_nothing(index_elements=["request_id"])

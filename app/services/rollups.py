@@ -33,6 +33,7 @@ import orjson
 import sqlalchemy as sa
 
 from app.models import UsageRecord, UsageRollup
+from app.models.types import insert_for
 
 TABLE = UsageRollup.__table__
 CELL = ("team_id", "user_id", "grain", "dim", "bucket", "value")
@@ -137,14 +138,6 @@ def deltas(rows: Iterable[dict]) -> dict[Cell, list]:
     return out
 
 
-def _insert_for(conn):
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
-
-
 _UPSERTS: dict[str, object] = {}
 
 
@@ -153,7 +146,7 @@ def _upsert_statement(conn):
     Built once per dialect: building it costs more than running it for a small batch."""
     stmt = _UPSERTS.get(conn.dialect.name)
     if stmt is None:
-        insert = _insert_for(conn)(TABLE)
+        insert = insert_for(conn)(TABLE)
         stmt = _UPSERTS[conn.dialect.name] = insert.on_conflict_do_update(
             index_elements=list(CELL),
             set_={name: TABLE.c[name] + insert.excluded[name] for name in SUMS})

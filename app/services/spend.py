@@ -43,6 +43,7 @@ import sqlalchemy as sa
 
 from app.models import Budget, BudgetAlert, BudgetReservation, LedgerEntry, SpendCounter, Wallet
 from app.models.billing import ALERT_THRESHOLDS, to_units, to_usd
+from app.models.types import insert_for
 
 log = logging.getLogger(__name__)
 TOTAL = "total"
@@ -89,7 +90,7 @@ class Limit:
         return "total" if self.period == TOTAL else "monthly"
 
     def describe(self) -> str:
-        return f"the {'total' if self.period == TOTAL else 'monthly'} budget of {SCOPE_WORDS[self.scope]}"
+        return f"the {self.kind} budget of {SCOPE_WORDS[self.scope]}"
 
 
 def limits_of(budgets: list[tuple[str, int | None, int | None]], now: datetime) -> list[Limit]:
@@ -140,13 +141,13 @@ HOLDS = Holds()
 # ---- admission ------------------------------------------------------------------------------
 
 _ENSURE = ("INSERT INTO spend_counters (target, period, spent_units, reserved_units) "
-                  "VALUES (:t, :p, 0, 0) ON CONFLICT DO NOTHING")
+           "VALUES (:t, :p, 0, 0) ON CONFLICT DO NOTHING")
 _HOLD = ("UPDATE spend_counters SET reserved_units = reserved_units + :a "
-                "WHERE target = :t AND period = :p AND spent_units + reserved_units + :a <= :lim")
+         "WHERE target = :t AND period = :p AND spent_units + reserved_units + :a <= :lim")
 _HOLD_WALLET = ("UPDATE wallets SET reserved_units = reserved_units + :a "
-                       "WHERE id = :w AND balance_units - reserved_units - :a >= 0")
+                "WHERE id = :w AND balance_units - reserved_units - :a >= 0")
 _RESERVE = ("INSERT INTO budget_reservations (request_id, amount_units, counters, wallet_id, holder, "
-                   "created_at, renewed_at) VALUES (:r, :a, :c, :w, :h, :now, :now)")
+            "created_at, renewed_at) VALUES (:r, :a, :c, :w, :h, :now, :now)")
 
 
 class _Raw:
@@ -157,7 +158,6 @@ class _Raw:
     _cache: dict = {}
 
     def __init__(self, engine):
-        self.engine = engine
         self.sqlite = engine.dialect.name == "sqlite"
 
     def sql(self, text: str) -> str:
@@ -226,10 +226,10 @@ def left(engine, limit: Limit | None, wallet_id: int | None) -> int:
         return max(0, limit.limit_units - (row[0] if row else 0))
 
 
-_SHRINK = ("UPDATE budget_reservations SET amount_units = :cost WHERE request_id = :r AND amount_units = :a")
+_SHRINK = "UPDATE budget_reservations SET amount_units = :cost WHERE request_id = :r AND amount_units = :a"
 _SHRINK_COUNTER = ("UPDATE spend_counters SET reserved_units = reserved_units - :d "
-                          "WHERE target = :t AND period = :p")
-_SHRINK_WALLET = ("UPDATE wallets SET reserved_units = reserved_units - :d WHERE id = :w")
+                   "WHERE target = :t AND period = :p")
+_SHRINK_WALLET = "UPDATE wallets SET reserved_units = reserved_units - :d WHERE id = :w"
 
 
 class _Settler:
@@ -326,11 +326,7 @@ def _units(cost) -> int:
 
 
 def _insert(conn, table):
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table)
+    return insert_for(conn)(table)
 
 
 def settle_rows(conn, rows: list[dict]) -> int:
@@ -371,10 +367,9 @@ def _refused_by_budgets(rows: list[dict]) -> list[dict]:
         if not cls.startswith("budget_") or cls in ("budget_wallet", "budget_unpriced"):
             continue
         _, scope, kind = cls.split("_", 2)
-        kid, uid, tid = r.get("api_key_id"), r.get("user_id"), r.get("team_id")
-        target = {"key": f"key:{kid}", "team": f"team:{tid}", "member": f"member:{tid}:{uid}",
-                  "account": f"account:{uid}"}.get(scope)
-        if target and "None" not in target:
+        target = next((t for t in targets_of(r.get("api_key_id"), r.get("user_id"), r.get("team_id"))
+                       if t.startswith(scope + ":")), None)
+        if target:
             out.append({"target": target, "period": TOTAL if kind == "total" else month_of(r["started_at"]),
                         "kind": kind})
     return out

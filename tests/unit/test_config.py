@@ -88,3 +88,14 @@ def test_parse_dollars_reads_typed_amounts_exactly_and_names_what_is_wrong():
         with pytest.raises(NotDollars) as exc:
             parse_dollars(text)
         assert exc.value.reason == reason, text
+
+
+def test_budget_holds_count_each_image_part_of_every_api_shape():
+    """P26: an image is worth far more tokens than its bytes; each part adds IMAGE_TOKENS to a hold."""
+    from app.relay.budget import image_parts
+    chat = {"messages": [{"role": "user", "content": [{"type": "text", "text": "image of a cat"},
+                                                      {"type": "image_url", "image_url": {"url": "https://x/y"}}]}]}
+    messages = {"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64"}}] * 2}]}
+    responses = {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:..."}]}]}
+    assert (image_parts(chat), image_parts(messages), image_parts(responses)) == (1, 2, 1)
+    assert image_parts({"messages": [{"role": "user", "content": "the word image alone"}]}) == 0
